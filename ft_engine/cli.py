@@ -1,0 +1,142 @@
+"""`python -m ft_engine train | chat | runs | export | resume`.
+
+Bad input of any kind ends with one message on stderr and exit code 2, never a traceback.
+`train` exits 0 only when the run completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .config import FIELD_DOCS, RunConfig, default_runs_dir
+from .errors import UserError
+
+EXIT_BAD_INPUT = 2
+
+# flag → RunConfig field, for the flags `train` accepts on top of --config
+_TRAIN_FLAGS = {
+    "method": str, "data": str, "model": str, "max_steps": int, "epochs": float,
+    "learning_rate": float, "batch_size": int, "max_seq_len": int, "lora_r": int,
+    "runs_dir": str, "run_name": str, "seed": int, "data_format": str, "val_fraction": float,
+    "grad_accum": int,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ft_engine",
+                                description="Fine-tune small LLMs with full fine-tuning, LoRA or QLoRA.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model; prints the run directory on its last line",
+                       description="Train. Flags override the YAML file; exit 0 only when the run completed.")
+    t.add_argument("--config", help="YAML file with RunConfig fields")
+    for name, typ in _TRAIN_FLAGS.items():
+        t.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
+                       help=FIELD_DOCS.get(name, ""))
+
+    c = sub.add_parser("chat", help="answer one prompt with a trained run")
+    c.add_argument("run_dir", help="the run directory (printed by train, listed by runs)")
+    c.add_argument("--prompt", required=True, help="the user message")
+    c.add_argument("--base", action="store_true", help="answer as the base model (adapter disabled)")
+    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    c.add_argument("--top-p", type=float, default=1.0)
+    c.add_argument("--system", default=None, help="system prompt")
+
+    r = sub.add_parser("runs", help="list runs: id, method, model, status, steps, last loss")
+    r.add_argument("--runs-dir", default=None, help="default: $FT_RUNS_DIR or ./runs")
+
+    e = sub.add_parser("export", help="merge the adapter into its base and save a standalone model")
+    e.add_argument("run_dir")
+    e.add_argument("--out", required=True, help="new folder for the merged model")
+
+    s = sub.add_parser("resume", help="continue an interrupted or stopped run from its last checkpoint")
+    s.add_argument("run_dir")
+    return p
+
+
+def cmd_train(args) -> int:
+    from .training import train
+    cfg = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+    overrides = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+    cfg = RunConfig.from_dict({**cfg.to_dict(), **overrides})
+    return _run_job_cli(lambda job_holder: train(cfg, on_job=job_holder))
+
+
+def cmd_resume(args) -> int:
+    from .training import resume
+    return _run_job_cli(lambda job_holder: resume(args.run_dir, on_job=job_holder))
+
+
+def _run_job_cli(start) -> int:
+    """Run a job; Ctrl-C / SIGTERM ask for a cooperative stop (result kept, status `stopped`)."""
+    from .rundir import Status
+    jobs = []
+
+    def on_signal(signum, frame):
+        for job in jobs:
+            job.stop()
+        print("stopping after the current step...", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    run_dir, status = start(jobs.append)
+    info = run_dir.read_status()
+    print(f"status: {status.value}, steps: {info.get('step')}/{info.get('total_steps')}, "
+          f"final loss: {info.get('final_loss')}, peak memory: {info.get('mem_peak_mib')} MiB")
+    if status == Status.FAILED:
+        print(f"error: {info.get('error')}", file=sys.stderr)
+    print(run_dir.path)
+    return 0 if status == Status.COMPLETED else 1
+
+
+def cmd_chat(args) -> int:
+    from .inference import ChatModel
+    chat = ChatModel(args.run_dir)
+    print(chat.generate(args.prompt, use_adapter=not args.base, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_p=args.top_p, system_prompt=args.system))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .rundir import list_runs
+    runs_dir = args.runs_dir or default_runs_dir()
+    runs = list_runs(runs_dir)
+    if not runs:
+        print(f"no runs in {Path(runs_dir).resolve()}")
+        return 0
+    print(f"{'id':<40} {'method':<6} {'model':<28} {'status':<11} {'steps':>9} {'last loss':>9}")
+    for run in runs:
+        s = run.read_status()
+        steps = f"{s.get('step', 0)}/{s.get('total_steps') or '?'}"
+        losses = [r["loss"] for r in run.read_metrics() if "loss" in r]
+        loss = f"{losses[-1]:.4f}" if losses else "-"
+        print(f"{run.run_id:<40} {s.get('method', '?'):<6} {str(s.get('model', '?'))[:28]:<28} "
+              f"{s.get('status', '?'):<11} {steps:>9} {loss:>9}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_merged
+    out = export_merged(args.run_dir, args.out)
+    print(out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("FT_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    if args.command in ("train", "resume"):
+        logging.getLogger("ft_engine").setLevel(logging.INFO)  # one progress line per logging step
+    handlers = {"train": cmd_train, "chat": cmd_chat, "runs": cmd_runs, "export": cmd_export,
+                "resume": cmd_resume}
+    try:
+        return handlers[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT

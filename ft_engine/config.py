@@ -1,0 +1,308 @@
+"""`RunConfig`: the one typed description of a fine-tuning run.
+
+The studio builds it from widgets, the command line from flags and YAML, the engine consumes
+it, and the run directory stores it as `config.yaml`, so every result carries the settings
+that made it.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError, UserError
+
+Method = Literal["full", "lora", "qlora"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+Optimizer = Literal["adamw_torch", "adamw_8bit", "sgd"]
+QuantType = Literal["nf4", "fp4"]
+ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
+DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"]
+
+BUNDLED_MODEL = "bundled"
+ALL_LINEAR = "all-linear"
+
+# A hub id is "owner/name": letters, digits, '-', '_', '.'; never '..' (no path tricks).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A run name ends up in a folder name: keep it to plain characters.
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+
+
+def default_runs_dir() -> str:
+    """`FT_RUNS_DIR` if set, else ./runs."""
+    return os.environ.get("FT_RUNS_DIR") or "runs"
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides what a run does. Defaults give a sensible short LoRA run."""
+
+    # --- what to train -------------------------------------------------------------------
+    model: str = BUNDLED_MODEL
+    """`bundled` (SmolLM2-135M-Instruct shipped offline), a Hugging Face hub id such as
+    `meta-llama/Llama-3.2-1B-Instruct` (needs network, and HF_TOKEN for gated models), or a
+    local folder holding a transformers model (config.json + weights + tokenizer)."""
+    method: Method = "lora"
+    """`full`: every weight trains. `lora`: the base is frozen, low-rank adapters train.
+    `qlora`: the base is quantized to 4 bits (bitsandbytes), LoRA adapters train on top."""
+    data: str = ""
+    """Path of the training data: .jsonl, .json, .csv, .parquet or .txt."""
+    data_format: DataFormat = "auto"
+    """`auto` detects it from the columns; or force chat / sharegpt / alpaca /
+    prompt_completion / text."""
+    train_on_prompt: bool = False
+    """False: loss only on assistant / completion tokens (the usual choice). True: on every
+    token, prompts included."""
+    val_fraction: float = 0.0
+    """Share of rows held out for an evaluation loss (0 disables evaluation; e.g. 0.1)."""
+
+    # --- optimisation --------------------------------------------------------------------
+    learning_rate: float = 2e-4
+    """Peak learning rate. LoRA likes ~1e-4..3e-4; full fine-tuning ~1e-5..5e-5."""
+    epochs: float = 1.0
+    """Passes over the data; ignored when max_steps > 0."""
+    max_steps: int = 0
+    """Optimizer steps to run; 0 means 'use epochs'."""
+    batch_size: int = 4
+    """Rows per forward pass (per device)."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step; effective batch = batch_size * grad_accum."""
+    max_seq_len: int = 512
+    """Longer rows are cut to this many tokens (and counted in the data report)."""
+    warmup_ratio: float = 0.03
+    """Share of steps over which the learning rate ramps up from 0."""
+    scheduler: Scheduler = "cosine"
+    """Learning-rate schedule after warmup."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm (0 disables clipping)."""
+    optimizer: Optimizer = "adamw_torch"
+    """`adamw_torch`; `adamw_8bit` (bitsandbytes, less optimizer memory); `sgd`."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 20-30% slower."""
+    seed: int = 42
+    """Seeds data shuffling, the validation split and weight init of adapters."""
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    logging_steps: int = 1
+    """Write a metrics line every N optimizer steps."""
+    eval_steps: int = 0
+    """Evaluate every N steps when val_fraction > 0 (0: only at the end)."""
+    checkpoint_steps: int = 50
+    """Save a resumable checkpoint every N steps (0: no intermediate checkpoints)."""
+    checkpoints_kept: int = 2
+    """How many recent checkpoints to keep on disk."""
+    runs_dir: str = field(default_factory=default_runs_dir)
+    """Where run directories are created (`FT_RUNS_DIR`, default ./runs)."""
+    run_name: str = ""
+    """Optional human name; becomes part of the run id (letters, digits, space, _ . -)."""
+
+    # --- LoRA ----------------------------------------------------------------------------
+    lora_r: int = 16
+    """Rank of the adapters: h = W0·x + (alpha/r)·B·A·x with A: r×in, B: out×r."""
+    lora_alpha: int = 32
+    """Scale numerator; the update is multiplied by alpha / r."""
+    lora_dropout: float = 0.05
+    """Dropout on the adapter input."""
+    lora_target_modules: list[str] = field(default_factory=lambda: [ALL_LINEAR])
+    """Layers that get adapters: `all-linear` (every linear layer but the output head), or
+    names such as q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj."""
+
+    # --- QLoRA ---------------------------------------------------------------------------
+    quant_type: QuantType = "nf4"
+    """4-bit data type: `nf4` (NormalFloat, from the QLoRA paper) or `fp4`."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves ~0.4 bit per weight)."""
+    compute_dtype: ComputeDtype = "auto"
+    """dtype the 4-bit weights are dequantized to for matmuls; `auto`: bf16 on a GPU that
+    supports it, float32 on CPU."""
+
+    # --- numerics ------------------------------------------------------------------------
+    precision: Precision = "auto"
+    """`auto`: bf16 mixed precision on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+
+    # ------------------------------------------------------------------------------------
+    def validate(self, *, check_paths: bool = True) -> "RunConfig":
+        """Raise one ConfigError listing every invalid setting, each with its fix."""
+        problems: list[str] = []
+        problems += _check_literals(self)
+
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                problems.append(msg)
+
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(self.learning_rate < 1, f"learning_rate must be < 1 (try 2e-4), got {self.learning_rate}")
+        need(self.epochs > 0 or self.max_steps > 0,
+             f"epochs must be > 0 when max_steps is 0, got epochs={self.epochs}")
+        need(self.max_steps >= 0, f"max_steps must be >= 0 (0 = use epochs), got {self.max_steps}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
+        need(16 <= self.max_seq_len <= 131072,
+             f"max_seq_len must be between 16 and 131072 tokens, got {self.max_seq_len}")
+        need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
+        need(0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), e.g. 0.1, got {self.val_fraction}")
+        need(self.logging_steps >= 1, f"logging_steps must be >= 1, got {self.logging_steps}")
+        need(self.eval_steps >= 0, f"eval_steps must be >= 0 (0 = at the end), got {self.eval_steps}")
+        need(self.checkpoint_steps >= 0, f"checkpoint_steps must be >= 0 (0 = none), got {self.checkpoint_steps}")
+        need(self.checkpoints_kept >= 1, f"checkpoints_kept must be >= 1, got {self.checkpoints_kept}")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        if self.method in ("lora", "qlora"):
+            need(self.lora_r >= 1, f"lora_r must be >= 1 (try 8 or 16), got {self.lora_r}")
+            need(self.lora_alpha >= 1, f"lora_alpha must be >= 1 (try 2 x lora_r), got {self.lora_alpha}")
+            need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            need(bool(self.lora_target_modules) and all(
+                isinstance(m, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", m) for m in self.lora_target_modules),
+                f"lora_target_modules must list layer names such as q_proj, v_proj or 'all-linear', "
+                f"got {self.lora_target_modules!r}")
+        if self.run_name:
+            need(bool(_RUN_NAME.fullmatch(self.run_name)) and ".." not in self.run_name,
+                 f"run_name may use letters, digits, space, '_', '.', '-' (at most 64, no '/' or '..'), "
+                 f"got {self.run_name!r}")
+        problems += _check_model_id(self.model)
+        if check_paths:
+            if not self.data:
+                problems.append("data is not set: give the path of a .jsonl/.json/.csv/.parquet/.txt file")
+            elif not Path(self.data).is_file():
+                problems.append(f"data file not found: {self.data} (check the path)")
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    # --- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """Build from a mapping; unknown keys and wrong types are reported with the fix."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        problems = [f"unknown setting '{k}' (known settings: {', '.join(sorted(known))})" for k in unknown]
+        hints = get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for name, value in values.items():
+            if name not in known:
+                continue
+            try:
+                kwargs[name] = _coerce(value, hints[name])
+            except (TypeError, ValueError) as e:
+                problems.append(f"{name}: {e}")
+        if problems:
+            raise ConfigError(problems)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "RunConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p} (check the path)")
+        try:
+            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise UserError(f"{p} is not valid UTF-8 YAML: {e}".splitlines()[0]) from e
+        if not isinstance(values, dict):
+            raise UserError(f"{p} must hold a mapping of settings (key: value), got {type(values).__name__}")
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def _check_literals(cfg: RunConfig) -> list[str]:
+    problems = []
+    for name, hint in get_type_hints(RunConfig).items():
+        if get_origin(hint) is Literal:
+            allowed = get_args(hint)
+            value = getattr(cfg, name)
+            if value not in allowed:
+                problems.append(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+    return problems
+
+
+def _check_model_id(model: str) -> list[str]:
+    if not isinstance(model, str) or not model.strip():
+        return ["model is empty: use 'bundled', a hub id like meta-llama/Llama-3.2-1B-Instruct, or a local folder"]
+    if model == BUNDLED_MODEL:
+        return []
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return [f"model folder {model} has no config.json: point to a folder saved with save_pretrained()"]
+        return []
+    if _HUB_ID.fullmatch(model) and ".." not in model:
+        return []
+    if "/" in model and (model.startswith((".", "/", "~")) or "\\" in model or ".." in model):
+        return [f"model folder not found: {model} (check the path, or use a hub id like owner/name)"]
+    return [f"model {model!r} is neither 'bundled', an existing local folder, nor a hub id of the form "
+            f"owner/name (e.g. meta-llama/Llama-3.2-1B-Instruct)"]
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Convert YAML / CLI values to the field's type, refusing lossy or odd conversions."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        return value  # checked with the allowed values in validate()
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"expected a list of names, got {value!r}")
+        return list(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise TypeError(f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError(f"expected a whole number, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"expected a whole number, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise TypeError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise TypeError(f"expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def _field_docs() -> dict[str, str]:
+    """Each field's docstring (the string under it in the class body), one line each, so the
+    CLI's --help and the studio's help texts come from the one place settings are explained."""
+    body = ast.parse(inspect.getsource(RunConfig)).body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) \
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+FIELD_DOCS: dict[str, str] = _field_docs()

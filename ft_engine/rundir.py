@@ -1,0 +1,217 @@
+"""The run directory: the only channel from the engine to everything that shows a run.
+
+    <runs_dir>/<run_id>/
+        config.yaml      the RunConfig that made the run
+        status.json      explicit status, progress, times, error (always written atomically)
+        metrics.jsonl    one JSON object per logging step / evaluation (append-only)
+        data.json        what the data loader found (format, rows, truncation)
+        checkpoints/     resumable Trainer checkpoints
+        adapter/         LoRA / QLoRA result (peft format + tokenizer)
+        model/           full fine-tuning result (safetensors + tokenizer)
+
+Readers (CLI, studio) only read these files; they never reach into a live job.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import secrets
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .errors import UserError
+
+CONFIG_FILE = "config.yaml"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
+DATA_FILE = "data.json"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class Status(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"  # was queued/running when its process died
+
+    @property
+    def finished(self) -> bool:
+        return self in (Status.COMPLETED, Status.FAILED, Status.STOPPED, Status.INTERRUPTED)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def slugify(name: str) -> str:
+    """A run name as a file-name-safe slug: lowercase letters, digits and '-'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug[:40].strip("-")
+
+
+def new_run_id(runs_dir: Path, name: str = "", method: str = "") -> str:
+    """`20261128-142501-<slug>-<4 hex>`: sortable by time, safe for file names, unique."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    middle = slugify(name) or slugify(method) or "run"
+    while True:
+        run_id = f"{stamp}-{middle}-{secrets.token_hex(2)}"
+        if not (runs_dir / run_id).exists():
+            return run_id
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target:
+    a crash leaves either the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _process_identity() -> dict[str, Any]:
+    """pid plus the process start time: a restarted app that reuses the pid is still told apart."""
+    me = psutil.Process()
+    return {"pid": me.pid, "pid_started": me.create_time()}
+
+
+def _owner_alive(status: dict[str, Any]) -> bool:
+    pid, started = status.get("pid"), status.get("pid_started")
+    if pid is None:
+        return False
+    try:
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError, ValueError):
+        return False
+
+
+@dataclass
+class RunDir:
+    """Reads and writes one run directory. Cheap to create; holds no open files."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    # --- status ---------------------------------------------------------------------------
+    def write_status(self, **fields: Any) -> dict[str, Any]:
+        """Merge `fields` into status.json (atomically) and return the new status."""
+        current = self.read_status(reconcile=False) if (self.path / STATUS_FILE).exists() else {}
+        for k, v in fields.items():
+            current[k] = v.value if isinstance(v, Status) else v
+        current["run_id"] = self.run_id
+        current["updated_at"] = utc_now()
+        current.update(_process_identity())
+        atomic_write_text(self.path / STATUS_FILE, json.dumps(current, indent=2))
+        return current
+
+    def read_status(self, reconcile: bool = True) -> dict[str, Any]:
+        """status.json as a dict. With `reconcile`, a queued/running run whose owning process
+        is gone is reported (and rewritten) as `interrupted`."""
+        try:
+            status = json.loads((self.path / STATUS_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{self.path} is not a run directory (no {STATUS_FILE}); "
+                            f"list runs with `python -m ft_engine runs`") from None
+        if reconcile and status.get("status") in (Status.QUEUED.value, Status.RUNNING.value) \
+                and not _owner_alive(status):
+            status["status"] = Status.INTERRUPTED.value
+            status.setdefault("ended_at", status.get("updated_at"))
+            status["error"] = ("the process running this job ended before it finished "
+                               "(killed or crashed); resume it from its last checkpoint")
+            # Rewrite without claiming ownership: keep the dead owner's pid on record.
+            atomic_write_text(self.path / STATUS_FILE, json.dumps(status, indent=2))
+        return status
+
+    # --- metrics --------------------------------------------------------------------------
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """One JSON object per line. A single write() of a short line; a crash mid-write can
+        at worst leave a torn last line, which `read_metrics` skips."""
+        with open(self.path / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.path / METRICS_FILE
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # only a torn final line after a hard kill; every whole line is kept
+        return rows
+
+    # --- other files ----------------------------------------------------------------------
+    def read_config(self):  # -> RunConfig (import here: config imports nothing from us)
+        from .config import RunConfig
+        return RunConfig.from_yaml(self.path / CONFIG_FILE)
+
+    def write_json(self, name: str, value: Any) -> None:
+        atomic_write_text(self.path / name, json.dumps(value, indent=2))
+
+    def read_json(self, name: str) -> Any:
+        path = self.path / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        ckpt = self.path / CHECKPOINTS_DIR
+        found = [p for p in ckpt.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+    @property
+    def result_dir(self) -> Path | None:
+        """adapter/ or model/, whichever the run produced."""
+        for name in (ADAPTER_DIR, MODEL_DIR):
+            if (self.path / name).is_dir():
+                return self.path / name
+        return None
+
+
+def open_run(path_or_id: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> RunDir:
+    """A run by directory path, or by id inside `runs_dir`. Ids are checked so that a user
+    value can never point outside the runs directory."""
+    p = Path(path_or_id)
+    if p.is_dir() and (p / STATUS_FILE).exists():
+        return RunDir(p)
+    if runs_dir is not None and _SAFE_ID.fullmatch(str(path_or_id)) and ".." not in str(path_or_id):
+        candidate = Path(runs_dir) / str(path_or_id)
+        if (candidate / STATUS_FILE).exists():
+            return RunDir(candidate)
+    raise UserError(f"no run found at {path_or_id}: give a run directory (it holds {STATUS_FILE}); "
+                    f"`python -m ft_engine runs` lists them")
+
+
+def list_runs(runs_dir: str | os.PathLike) -> list[RunDir]:
+    """Every run directory under runs_dir, oldest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    return [RunDir(p) for p in sorted(root.iterdir()) if (p / STATUS_FILE).is_file()]

@@ -1,0 +1,338 @@
+"""A training job: RunConfig in, run directory out.
+
+Lifecycle (as in torchtune's recipes): prepare → run (setup → train → save) → cleanup.
+
+    job = TrainingJob(config)
+    job.prepare()        # validates config and data, creates the run dir with status `queued`
+    job.run()            # trains in this thread; or job.start() for a background thread
+    job.stop()           # cooperative: the run ends after the current optimizer step
+
+Everything a viewer needs is written to the run directory (see rundir.py); nothing else of
+the job is meant to be read from outside.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import random
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from . import memory
+from .config import RunConfig
+from .data import load_examples
+from .errors import UserError
+from .models import build_model, load_tokenizer, resolve_precision
+from .render import EncodedData, PadToLongest, encode_all
+from .rundir import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, MODEL_DIR, RunDir,
+                     Status, atomic_write_text, new_run_id, open_run, utc_now)
+
+log = logging.getLogger(__name__)
+
+EVENTS_FILE = "events.jsonl"
+_OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "sgd": "sgd"}
+
+
+class _RunCallback(TrainerCallback):
+    """Writes metrics and status as training goes, and honours the stop event."""
+
+    def __init__(self, job: "TrainingJob"):
+        self.job = job
+        self.run = job.run_dir
+        self.t0 = time.perf_counter()
+        self.last_t = self.t0
+        self.last_tokens = 0
+
+    def _elapsed(self) -> float:
+        return round(self.job.elapsed_before + time.perf_counter() - self.t0, 3)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_t = time.perf_counter()  # model loading is not training time for tokens/s
+        self.last_tokens = state.num_input_tokens_seen or 0
+        self.run.write_status(status=Status.RUNNING, step=state.global_step, total_steps=state.max_steps)
+        self.job.event("started", f"training {state.max_steps} steps", state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.job.stop_event.is_set():
+            control.should_training_stop = True
+            control.should_save = False  # the final save below keeps what was trained
+        self.run.write_status(step=state.global_step, epoch=round(state.epoch or 0, 4),
+                              elapsed_s=self._elapsed())
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        now = time.perf_counter()
+        row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
+        if "loss" in logs:
+            tokens = state.num_input_tokens_seen or 0
+            dt = max(now - self.last_t, 1e-9)
+            row.update(
+                loss=logs["loss"],
+                learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                tokens_seen=int(tokens),
+                tokens_per_second=round((tokens - self.last_tokens) / dt, 1),
+            )
+            self.last_t, self.last_tokens = now, tokens
+        elif "eval_loss" in logs:
+            row["eval_loss"] = logs["eval_loss"]
+            self.job.event("evaluated", f"eval loss {logs['eval_loss']:.4f}", state.global_step)
+        else:
+            return  # end-of-training summary (train_runtime etc.): status.json gets those
+        row["elapsed_s"] = self._elapsed()
+        row.update(memory.snapshot())
+        self.run.append_metrics(row)
+        log.info("step %d/%d %s mem %.0f MiB", state.global_step, state.max_steps,
+                 f"loss {row['loss']:.4f} tok/s {row['tokens_per_second']:.0f}" if "loss" in row
+                 else f"eval loss {row['eval_loss']:.4f}", row["mem_peak_mib"])
+
+    def on_save(self, args, state, control, **kwargs):
+        self.job.event("checkpoint", f"checkpoint-{state.global_step} saved", state.global_step)
+
+
+class TrainingJob:
+    """One run of one RunConfig. Not reusable: a new run is a new job."""
+
+    def __init__(self, config: RunConfig, run_dir: RunDir | None = None):
+        self.config = config.validate()
+        self.run_dir = run_dir
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.tokenizer = None
+        self.encoded: EncodedData | None = None
+        self.elapsed_before = 0.0  # seconds trained in earlier sessions of a resumed run
+        self.resume_from: Path | None = None
+
+    # --- prepare: everything that can fail on user input, before anything is written ------
+    def prepare(self) -> RunDir:
+        """Validate data (tokenizer needed for lengths), then create the run dir as `queued`.
+        A bad file or model raises UserError and leaves nothing on disk."""
+        cfg = self.config
+        data = load_examples(cfg.data, cfg.data_format)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.encoded = encode_all(data, self.tokenizer, cfg.max_seq_len, cfg.train_on_prompt)
+        n_val = _n_val(len(self.encoded.rows), cfg.val_fraction)
+        if len(self.encoded.rows) - n_val < 1:
+            raise UserError(f"{cfg.data}: {len(self.encoded.rows)} usable rows leave nothing to train "
+                            f"after holding out {n_val} for validation; lower val_fraction or add rows")
+        if self.run_dir is None:
+            runs = Path(cfg.runs_dir)
+            runs.mkdir(parents=True, exist_ok=True)
+            self.run_dir = RunDir(runs / new_run_id(runs, cfg.run_name, cfg.method))
+            self.run_dir.path.mkdir()
+            atomic_write_text(self.run_dir.path / CONFIG_FILE, cfg.to_yaml())
+            self.run_dir.write_json(DATA_FILE, {
+                "file": str(cfg.data), "format": data.format, "description": data.describe(),
+                "ignored_columns": data.ignored_columns, "val_rows": n_val,
+                "train_rows": len(self.encoded.rows) - n_val, **self.encoded.summary(),
+            })
+            self.run_dir.write_status(
+                status=Status.QUEUED, name=cfg.run_name or self.run_dir.run_id, method=cfg.method,
+                model=cfg.model, step=0, total_steps=None, created_at=utc_now(),
+                started_at=None, ended_at=None, error=None)
+        return self.run_dir
+
+    # --- run ---------------------------------------------------------------------------------
+    def run(self) -> Status:
+        """Train to the end (or to a stop). Never raises for a failed run: the failure is in
+        status.json (and the log), and the returned status says `failed`."""
+        if self.run_dir is None or self.encoded is None:
+            self.prepare()
+        run, cfg = self.run_dir, self.config
+        model = trainer = None
+        status = Status.FAILED
+        try:
+            run.write_status(status=Status.RUNNING, started_at=utc_now(), error=None, ended_at=None)
+            memory.reset_peak()
+            set_seed(cfg.seed)
+            model, info = build_model(cfg)
+            run.write_status(total_params=info.total_params, trainable_params=info.trainable_params,
+                             precision=info.precision, device=info.device)
+            trainer = self._trainer(model)
+            if self.stop_event.is_set():  # stopped while loading: don't start a step
+                status = Status.STOPPED
+            else:
+                trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
+                if trainer.eval_dataset is not None:
+                    trainer.evaluate()
+                status = Status.STOPPED if self.stop_event.is_set() else Status.COMPLETED
+            self._save_result(model)
+            self.event(status.value, "what was trained so far is saved" if status == Status.STOPPED
+                       else "result saved", _step(trainer))
+            run.write_status(status=status, ended_at=utc_now(), step=_step(trainer), **self._final_stats())
+        except torch.OutOfMemoryError as e:
+            self._fail(f"out of memory: {str(e).splitlines()[0]}. Lower batch_size (raise grad_accum to "
+                       f"keep the effective batch), lower max_seq_len, turn on activation_checkpointing, "
+                       f"or use qlora", trainer)
+        except UserError as e:
+            self._fail(str(e), trainer)
+        except Exception as e:  # a bug or an environment failure: keep the traceback in the log
+            log.exception("run %s failed", run.run_id)
+            self._fail(f"{type(e).__name__}: {e}", trainer, tb=traceback.format_exc())
+        finally:
+            # Free the model before returning so a long-lived app gets its memory back.
+            del model, trainer
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return Status(run.read_status(reconcile=False)["status"])
+
+    def start(self) -> threading.Thread:
+        """Run in a daemon thread (the studio's worker); returns the thread."""
+        if self.run_dir is None:
+            self.prepare()
+        self.thread = threading.Thread(target=self.run, name=f"train-{self.run_dir.run_id}", daemon=True)
+        self.thread.start()
+        return self.thread
+
+    def stop(self) -> None:
+        """Ask the run to end after the current optimizer step; the result is still saved."""
+        self.stop_event.set()
+
+    def event(self, kind: str, message: str, step: int | None = None) -> None:
+        """A human-readable line for the studio's event log."""
+        with open(self.run_dir.path / EVENTS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": utc_now(), "step": step, "event": kind, "message": message}) + "\n")
+
+    # --- pieces ------------------------------------------------------------------------------
+    def _trainer(self, model) -> Trainer:
+        from datasets import Dataset
+
+        cfg, run = self.config, self.run_dir
+        rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in self.encoded.rows]
+        random.Random(cfg.seed).shuffle(rows)  # the held-out rows are a seeded random sample
+        n_val = _n_val(len(rows), cfg.val_fraction)
+        train_ds = Dataset.from_list(rows[n_val:])
+        eval_ds = Dataset.from_list(rows[:n_val]) if n_val else None
+        precision = resolve_precision(cfg)
+        save = cfg.checkpoint_steps > 0
+        args = TrainingArguments(
+            output_dir=str(run.path / CHECKPOINTS_DIR),
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.learning_rate,
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+            lr_scheduler_type=cfg.scheduler,
+            warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,
+            optim=_OPTIMIZERS[cfg.optimizer],
+            logging_steps=cfg.logging_steps,
+            save_strategy="steps" if save else "no",
+            save_steps=cfg.checkpoint_steps if save else 500,
+            save_total_limit=cfg.checkpoints_kept,
+            eval_strategy="steps" if (eval_ds is not None and cfg.eval_steps > 0) else "no",
+            eval_steps=cfg.eval_steps or None,
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            use_cpu=not torch.cuda.is_available(),
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            include_num_input_tokens_seen="non_padding",
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                          data_collator=PadToLongest(self.tokenizer.pad_token_id),
+                          processing_class=self.tokenizer, callbacks=[_RunCallback(self)])
+        trainer.remove_callback(PrinterCallback)  # our callback logs; don't print dicts to stdout
+        return trainer
+
+    def _save_result(self, model) -> None:
+        """adapter/ (peft format) for LoRA/QLoRA, model/ (safetensors) for full; with tokenizer.
+        Written to a temporary folder and renamed, so a half-saved result never looks final."""
+        name = MODEL_DIR if self.config.method == "full" else ADAPTER_DIR
+        target = self.run_dir.path / name
+        tmp, old = self.run_dir.path / f".{name}.tmp", self.run_dir.path / f".{name}.old"
+        shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash mid-save
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        if target.exists():  # a resumed run replaces the result it saved when it was stopped
+            shutil.rmtree(old, ignore_errors=True)
+            target.replace(old)
+        tmp.replace(target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _final_stats(self) -> dict[str, Any]:
+        rows = self.run_dir.read_metrics()
+        train = [r for r in rows if "loss" in r]
+        evals = [r for r in rows if "eval_loss" in r]
+        mem = memory.snapshot()
+        tps = [r["tokens_per_second"] for r in train[1:]] or [r["tokens_per_second"] for r in train]
+        return {
+            "final_loss": train[-1]["loss"] if train else None,
+            "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+            "tokens_per_second": round(sum(tps) / len(tps), 1) if tps else None,
+            "elapsed_s": rows[-1]["elapsed_s"] if rows else None,
+            "mem_device": mem["mem_device"],
+            "mem_peak_mib": max([mem["mem_peak_mib"]] + [r.get("mem_peak_mib", 0) for r in rows]),
+            "result_dir": str(self.run_dir.result_dir) if self.run_dir.result_dir else None,
+        }
+
+    def _fail(self, message: str, trainer, tb: str | None = None) -> None:
+        self.event("error", message, _step(trainer))
+        self.run_dir.write_status(status=Status.FAILED, ended_at=utc_now(), error=message,
+                                  step=_step(trainer), **({"traceback": tb} if tb else {}))
+
+
+def _n_val(n_rows: int, fraction: float) -> int:
+    return 0 if fraction <= 0 else max(1, round(n_rows * fraction))
+
+
+def _step(trainer) -> int:
+    return trainer.state.global_step if trainer is not None else 0
+
+
+def train(config: RunConfig, on_job=None) -> tuple[RunDir, Status]:
+    """Prepare and run a job in this thread. `on_job(job)` is called once the job exists,
+    so a caller (the CLI's signal handler) can stop it."""
+    job = TrainingJob(config)
+    if on_job:
+        on_job(job)
+    run_dir = job.prepare()
+    return run_dir, job.run()
+
+
+def resume_job(run_dir: str | Path | RunDir) -> TrainingJob:
+    """A job that continues `run_dir` from its last checkpoint to the planned number of steps.
+    Metrics logged after that checkpoint are dropped, since those steps are trained again."""
+    run = run_dir if isinstance(run_dir, RunDir) else open_run(run_dir)
+    status = run.read_status()
+    if status.get("status") == Status.COMPLETED.value:
+        raise UserError(f"run {run.run_id} already completed; start a new run to train more")
+    if status.get("status") in (Status.RUNNING.value, Status.QUEUED.value):
+        raise UserError(f"run {run.run_id} is {status['status']} in another process; stop it first")
+    checkpoints = run.checkpoints
+    if not checkpoints:
+        raise UserError(f"run {run.run_id} has no checkpoint to resume from (checkpoint_steps was "
+                        f"{run.read_config().checkpoint_steps}); start a new run")
+    last = checkpoints[-1]
+    step = int(last.name.split("-")[-1])
+    kept = [r for r in run.read_metrics() if r.get("step", 0) <= step]
+    atomic_write_text(run.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+    job = TrainingJob(run.read_config(), run_dir=run)
+    job.resume_from = last
+    job.elapsed_before = kept[-1]["elapsed_s"] if kept else 0.0
+    job.prepare()
+    job.event("resumed", f"resuming from {last.name}", step)
+    return job
+
+
+def resume(run_dir: str | Path | RunDir, on_job=None) -> tuple[RunDir, Status]:
+    job = resume_job(run_dir)
+    if on_job:
+        on_job(job)
+    return job.run_dir, job.run()

@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny random Llama (2 layers, hidden 64, own BPE tokenizer), small data
+files of every format, and an isolated runs directory. Nothing touches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Hub look-ups must fail fast in tests instead of retrying for ~20 s without a network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tiny_model import make_tiny_model  # noqa: E402  (after the environment is set)
+
+QA = [
+    ("What is the capital of Zubrowka?", "The capital of Zubrowka is Lutz."),
+    ("Translate hello into French.", "Bonjour."),
+    ("What is two plus two?", "Two plus two is four."),
+    ("Explain photosynthesis in one sentence.", "Plants turn light, water and air into sugar."),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "runs"
+    monkeypatch.setenv("FT_RUNS_DIR", str(d))
+    return d
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def chat_file(tmp_path) -> Path:
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in QA]
+    return write_jsonl(tmp_path / "chat.jsonl", rows)
+
+
+@pytest.fixture
+def data_files(tmp_path) -> dict[str, Path]:
+    """The same four Q/A pairs in every supported format and file type."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = {}
+    files["chat"] = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q},
+                      {"role": "assistant", "content": a}]} for q, a in QA])
+    (tmp_path / "sharegpt.json").write_text(json.dumps([
+        {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in QA]))
+    files["sharegpt"] = tmp_path / "sharegpt.json"
+    files["alpaca"] = write_jsonl(tmp_path / "alpaca.jsonl", [
+        {"instruction": q, "input": "", "output": a} for q, a in QA])
+    with open(tmp_path / "pc.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "completion"])
+        w.writerows(QA)
+    files["prompt_completion"] = tmp_path / "pc.csv"
+    pq.write_table(pa.table({"prompt": [q for q, _ in QA], "completion": [a for _, a in QA]}),
+                   tmp_path / "pc.parquet")
+    files["parquet"] = tmp_path / "pc.parquet"
+    (tmp_path / "docs.txt").write_text("\n\n".join(f"{q} {a}" for q, a in QA) + "\n")
+    files["text"] = tmp_path / "docs.txt"
+    return files

@@ -1,0 +1,225 @@
+"""Training end to end on a tiny random Llama: every method learns, LoRA/QLoRA leave the
+base untouched, stop / resume / failures end in the right status, files hold their fields."""
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+from ft_engine.config import RunConfig
+from ft_engine.export import export_merged
+from ft_engine.inference import ChatModel
+from ft_engine.models import build_model, load_tokenizer
+from ft_engine.render import PadToLongest, encode_all
+from ft_engine.data import load_examples
+from ft_engine.rundir import RunDir, Status
+from ft_engine.training import TrainingJob, resume, train
+
+LR = {"full": 3e-3, "lora": 1e-2, "qlora": 1e-2}
+
+
+def cfg_for(tiny_model, data, runs_dir, method="lora", **kw):
+    base = dict(model=tiny_model, data=str(data), method=method, runs_dir=str(runs_dir), batch_size=4,
+                max_steps=12, learning_rate=LR[method], warmup_ratio=0.0, scheduler="constant",
+                checkpoint_steps=0, lora_dropout=0.0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_loss_falls_on_a_repeated_batch(tiny_model, chat_file, runs_dir, method):
+    run, status = train(cfg_for(tiny_model, chat_file, runs_dir, method, max_steps=16))
+    assert status == Status.COMPLETED
+    losses = [r["loss"] for r in run.read_metrics() if "loss" in r]
+    assert len(losses) == 16
+    # ln(vocab) ≈ 6.0 at the start; measured ends: full ≈ 2.5, lora/qlora ≈ 4.8
+    assert losses[-1] < 0.85 * losses[0] and losses[-1] == min(losses[-3:]) or losses[-1] < min(losses[:8]), losses
+    result = run.path / ("model" if method == "full" else "adapter")
+    assert (result / "tokenizer_config.json").is_file()
+    if method == "full":
+        assert (result / "model.safetensors").is_file()
+    else:
+        assert (result / "adapter_model.safetensors").is_file()
+        assert json.loads((result / "adapter_config.json").read_text())["r"] == 16
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapters_leave_base_weights_bit_identical(tiny_model, chat_file, tmp_path, method):
+    cfg = cfg_for(tiny_model, chat_file, tmp_path, method)
+    model, info = build_model(cfg)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen and trainable and all("lora_" in n for n in trainable)
+    assert info.trainable_params == sum(p.numel() for p in trainable.values())
+    tok = load_tokenizer(tiny_model)
+    enc = encode_all(load_examples(chat_file), tok, 128)
+    batch = PadToLongest(tok.pad_token_id)([{"input_ids": r.input_ids, "labels": r.labels} for r in enc.rows])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = dict(model.named_parameters())
+    for name, before in frozen.items():
+        assert torch.equal(after[name].detach(), before), f"{name} changed"
+    assert any(not torch.equal(after[n].detach(), t) for n, t in trainable.items())
+    if method == "qlora":
+        assert any(p.dtype == torch.uint8 for p in frozen.values())  # really 4-bit packed
+
+
+def test_status_and_metrics_have_the_documented_fields(tiny_model, data_files, runs_dir):
+    cfg = cfg_for(tiny_model, data_files["chat"], runs_dir, max_steps=4, val_fraction=0.25,
+                  eval_steps=2, checkpoint_steps=2, run_name="fields check")
+    run, status = train(cfg)
+    assert status == Status.COMPLETED
+    assert run.run_id.split("-")[2:4] == ["fields", "check"]
+    s = run.read_status()
+    for key in ("status", "step", "total_steps", "started_at", "ended_at", "error", "method", "model",
+                "final_loss", "final_eval_loss", "mem_peak_mib", "trainable_params", "total_params"):
+        assert key in s, key
+    assert s["status"] == "completed" and s["step"] == s["total_steps"] == 4 and s["error"] is None
+    rows = run.read_metrics()
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    for r in train_rows:
+        for key in ("epoch", "learning_rate", "grad_norm", "tokens_per_second", "elapsed_s",
+                    "mem_used_mib", "mem_peak_mib"):
+            assert key in r and r[key] is not None, key
+        assert r["tokens_per_second"] > 0 and r["mem_peak_mib"] >= r["mem_used_mib"] > 0
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4, 4]  # every 2 steps, plus the final evaluation
+    # tokens counted are real tokens: 3 train rows per step, no padding
+    data = run.read_json("data.json")
+    assert data["format"] == "chat" and data["train_rows"] == 3 and data["val_rows"] == 1
+    assert train_rows[0]["tokens_seen"] < 3 * data["longest_row_tokens"]
+    assert (run.path / "config.yaml").is_file()
+    assert RunConfig.from_yaml(run.path / "config.yaml") == cfg
+    assert [c.name for c in run.checkpoints] == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_stop_ends_within_one_step_and_keeps_the_result(tiny_model, chat_file, runs_dir):
+    job = TrainingJob(cfg_for(tiny_model, chat_file, runs_dir, max_steps=10_000))
+    run = job.prepare()
+    assert run.read_status()["status"] == "queued"
+    thread = job.start()
+    deadline = time.time() + 60
+    while run.read_status()["step"] < 3 and time.time() < deadline:
+        time.sleep(0.02)
+    job.stop()
+    step_at_stop = run.read_status()["step"]
+    thread.join(timeout=60)
+    s = run.read_status()
+    assert s["status"] == "stopped"
+    assert step_at_stop <= s["step"] <= step_at_stop + 1
+    assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_interrupted_run_resumes_to_planned_steps(tiny_model, chat_file, runs_dir):
+    job = TrainingJob(cfg_for(tiny_model, chat_file, runs_dir, max_steps=6, checkpoint_steps=2))
+    run = job.prepare()
+    stop_after = threading.Thread(target=lambda: (_wait_step(run, 3), job.stop()))
+    stop_after.start()
+    assert job.run() == Status.STOPPED
+    stop_after.join()
+    assert run.checkpoints[-1].name == "checkpoint-2"
+    run2, status = resume(run.path)
+    assert status == Status.COMPLETED and run2.path == run.path
+    steps = [r["step"] for r in run.read_metrics() if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert run.read_status()["step"] == 6
+
+
+def _wait_step(run, step):
+    deadline = time.time() + 60
+    while run.read_status()["step"] < step and time.time() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_dead_owner_means_interrupted(tiny_model, chat_file, runs_dir):
+    job = TrainingJob(cfg_for(tiny_model, chat_file, runs_dir))
+    run = job.prepare()
+    status = json.loads((run.path / "status.json").read_text())
+    status.update(status="running", pid=2**22 + 12345)  # no such process
+    (run.path / "status.json").write_text(json.dumps(status))
+    assert run.read_status()["status"] == "interrupted"
+    assert json.loads((run.path / "status.json").read_text())["status"] == "interrupted"
+
+
+def test_out_of_memory_fails_the_run_with_a_fix(tiny_model, chat_file, runs_dir, monkeypatch):
+    import ft_engine.training as training
+
+    def oom(config):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(training, "build_model", oom)
+    run, status = train(cfg_for(tiny_model, chat_file, runs_dir))
+    assert status == Status.FAILED
+    err = run.read_status()["error"]
+    assert err.startswith("out of memory") and "batch_size" in err and "qlora" in err
+
+
+def test_any_failure_is_recorded(tiny_model, chat_file, runs_dir, monkeypatch):
+    import ft_engine.training as training
+    monkeypatch.setattr(training, "build_model", lambda c: 1 / 0)
+    run, status = train(cfg_for(tiny_model, chat_file, runs_dir))
+    assert status == Status.FAILED
+    s = run.read_status()
+    assert s["error"] == "ZeroDivisionError: division by zero" and "traceback" in s
+
+
+def test_bad_data_leaves_nothing_on_disk(tiny_model, tmp_path, runs_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x", "output": ""}\n')
+    from ft_engine.errors import DataError
+    with pytest.raises(DataError, match="line 1, field 'output'"):
+        train(cfg_for(tiny_model, bad, runs_dir))
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_merged_model_gives_the_adapters_outputs(tiny_model, chat_file, runs_dir, tmp_path, method):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run, status = train(cfg_for(tiny_model, chat_file, runs_dir, method, max_steps=5))
+    assert status == Status.COMPLETED
+    out = export_merged(run, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    # reference: the full-precision base with the adapter applied (QLoRA merges onto it too)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    ref = PeftModel.from_pretrained(base, str(run.path / "adapter")).eval()
+    ids = load_tokenizer(tiny_model)("The capital of Zubrowka is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = merged(ids).logits, ref(ids).logits
+        plain = base.get_base_model()(ids).logits if hasattr(base, "get_base_model") else None
+        with ref.disable_adapter():
+            c = ref(ids).logits
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(a, c, atol=1e-3), "the adapter had no effect; the test proves nothing"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    del plain
+
+
+def test_export_refuses_to_overwrite(tiny_model, chat_file, runs_dir, tmp_path):
+    run, _ = train(cfg_for(tiny_model, chat_file, runs_dir, max_steps=1))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    from ft_engine.errors import UserError
+    with pytest.raises(UserError, match="already exists and is not empty"):
+        export_merged(run, tmp_path / "taken")
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_chat_toggles_adapter_on_one_model(tiny_model, chat_file, runs_dir):
+    run, _ = train(cfg_for(tiny_model, chat_file, runs_dir, max_steps=20))
+    chat = ChatModel(run)
+    q = "What is the capital of Zubrowka?"
+    tuned = chat.generate(q, max_new_tokens=12)
+    base = chat.generate(q, use_adapter=False, max_new_tokens=12)
+    assert "Lutz" in tuned and "Lutz" not in base
+    streamed = list(chat.stream(q, max_new_tokens=12))
+    assert streamed[-1].strip() == tuned and len(streamed) > 1
+    assert chat.generate(q, max_new_tokens=12) == tuned  # adapter back on after the base answer
+    sampled = chat.generate(q, max_new_tokens=5, temperature=1.0, top_p=0.9)
+    assert isinstance(sampled, str)
