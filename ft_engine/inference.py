@@ -48,6 +48,7 @@ class ChatModel:
             status = self.run.read_status().get("status")
             raise UserError(f"run {self.run.run_id} has no trained result yet (status: {status}); "
                             f"chat with a completed or stopped run")
+        _to_device(self.model)
         self.model.eval()
 
     @classmethod
@@ -61,7 +62,7 @@ class ChatModel:
         if self.has_adapter:
             return self.model, self.model.disable_adapter()
         if self._base_model is None:
-            self._base_model = load_base_model(self.config, torch.float32)
+            self._base_model = _to_device(load_base_model(self.config, torch.float32))
             self._base_model.eval()
         return self._base_model, contextlib.nullcontext()
 
@@ -132,9 +133,17 @@ class BaseChatModel(ChatModel):
         self._lock = threading.Lock()
         self._base_model = None
         self.tokenizer = load_tokenizer(model)
-        self.model = load_base_model(self.config, torch.float32)
+        self.model = _to_device(load_base_model(self.config, torch.float32))
         self.model.eval()
         self.has_adapter = False
 
     def _model_for(self, use_adapter: bool):
         return self.model, contextlib.nullcontext()
+
+
+def _to_device(model):
+    """Move a full-precision model to the GPU when there is one. 4-bit models are already
+    placed by bitsandbytes at load time and cannot be moved."""
+    if torch.cuda.is_available() and not getattr(model, "is_loaded_in_4bit", False):
+        model.to("cuda")
+    return model

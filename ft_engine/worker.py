@@ -1,0 +1,116 @@
+"""The background worker: trains one run at a time, the others wait first in, first out.
+
+The studio submits RunConfigs here and reads everything else from the run directories.
+Submitting validates config and data at once (so the user hears about a bad row immediately)
+and creates the run directory with status `queued`; the worker thread then runs the jobs in
+order. A queued run that is stopped never starts and is marked `stopped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+from .config import RunConfig
+from .errors import UserError
+from .rundir import RunDir, Status, utc_now
+from .training import TrainingJob, resume_job
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self) -> None:
+        self._queue: deque[TrainingJob] = deque()
+        self._current: TrainingJob | None = None
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    # --- submitting ---------------------------------------------------------------------------
+    def submit(self, config: RunConfig) -> RunDir:
+        """Validate and queue a new run; raises UserError on bad settings or data."""
+        job = TrainingJob(config)
+        job.prepare()
+        return self._enqueue(job)
+
+    def resume(self, run: RunDir) -> RunDir:
+        """Queue an interrupted or stopped run to continue from its last checkpoint."""
+        with self._cv:
+            if self._owns(run.run_id):
+                raise UserError(f"run {run.run_id} is already queued or running")
+        job = resume_job(run)
+        job.run_dir.write_status(status=Status.QUEUED, ended_at=None, error=None)
+        return self._enqueue(job)
+
+    def _enqueue(self, job: TrainingJob) -> RunDir:
+        with self._cv:
+            self._queue.append(job)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="ft-worker", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+        return job.run_dir
+
+    # --- controlling ----------------------------------------------------------------------------
+    def stop(self, run_id: str) -> str:
+        """Stop a running run after its current step, or take a queued one off the queue."""
+        with self._cv:
+            if self._current is not None and self._current.run_dir.run_id == run_id:
+                self._current.stop()
+                return "stopping after the current step"
+            for job in self._queue:
+                if job.run_dir.run_id == run_id:
+                    self._queue.remove(job)
+                    job.run_dir.write_status(status=Status.STOPPED, ended_at=utc_now(),
+                                             error=None, note="stopped before it started")
+                    job.event("stopped", "removed from the queue before it started")
+                    return "removed from the queue"
+        raise UserError(f"run {run_id} is not running or queued here, so there is nothing to stop")
+
+    def position(self, run_id: str) -> int | None:
+        """0 while running, 1 for the next in line, ...; None when not in this worker."""
+        with self._cv:
+            if self._current is not None and self._current.run_dir.run_id == run_id:
+                return 0
+            for i, job in enumerate(self._queue, start=1):
+                if job.run_dir.run_id == run_id:
+                    return i
+        return None
+
+    @property
+    def current_run_id(self) -> str | None:
+        with self._cv:
+            return self._current.run_dir.run_id if self._current else None
+
+    @property
+    def queued_run_ids(self) -> list[str]:
+        with self._cv:
+            return [job.run_dir.run_id for job in self._queue]
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is running or queued (for tests and scripts)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._current is None and not self._queue, timeout)
+
+    def _owns(self, run_id: str) -> bool:
+        return (self._current is not None and self._current.run_dir.run_id == run_id) or any(
+            job.run_dir.run_id == run_id for job in self._queue)
+
+    # --- the thread -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: bool(self._queue))
+                self._current = self._queue.popleft()
+            job = self._current
+            try:
+                job.run()  # records its own failures in status.json; never raises for a bad run
+            except Exception:  # a bug in the job itself: keep the worker alive for the others
+                log.exception("job %s crashed the worker loop", job.run_dir.run_id)
+                job.run_dir.write_status(status=Status.FAILED, ended_at=utc_now(),
+                                         error="internal error; see the server log")
+            finally:
+                with self._cv:
+                    self._current = None
+                    self._cv.notify_all()
