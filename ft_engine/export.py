@@ -45,3 +45,54 @@ def export_merged(run: RunDir | str | Path, out_dir: str | Path) -> Path:
         out.rmdir()  # empty, checked above
     tmp.replace(out)
     return out
+
+
+def zip_result(run: RunDir, kind: str, dest_dir: str | Path) -> Path:
+    """A zip of the run's adapter (`adapter`), or of the merged standalone model (`merged`),
+    written into dest_dir (a temporary folder of the caller's), for download."""
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    if kind == "merged":
+        folder = run.path / ".export-merged"
+        shutil.rmtree(folder, ignore_errors=True)
+        export_merged(run, folder)
+        try:
+            return Path(shutil.make_archive(str(dest / f"{run.run_id}-merged"), "zip", folder))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    if kind == "adapter":
+        result = run.result_dir
+        if result is None:
+            raise UserError(f"run {run.run_id} has no trained result yet")
+        return Path(shutil.make_archive(str(dest / f"{run.run_id}-{result.name}"), "zip", result))
+    raise UserError(f"export kind must be 'adapter' or 'merged', got {kind!r}")
+
+
+def push_to_hub(run: RunDir, repo_id: str, token: str, kind: str = "adapter", private: bool = True) -> str:
+    """Upload the adapter (or merged model) to a Hugging Face repo; returns its URL.
+    The token is used for this call only and never written anywhere."""
+    import re
+    import tempfile
+
+    from huggingface_hub import HfApi
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*", repo_id or "") or ".." in repo_id:
+        raise UserError(f"repo id must look like your-name/model-name, got {repo_id!r}")
+    if not token:
+        raise UserError("a Hugging Face token with write access is needed: paste one or set HF_TOKEN")
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "merged":
+            folder = export_merged(run, Path(tmp) / "merged")
+        elif run.result_dir is not None:
+            folder = run.result_dir
+        else:
+            raise UserError(f"run {run.run_id} has no trained result to push")
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(folder_path=str(folder), repo_id=repo_id,
+                              commit_message=f"Upload {kind} from Fine-Tune Studio run {run.run_id}")
+        except OSError as e:  # network and HTTP errors of huggingface_hub are OSErrors
+            message = str(e).replace(token, "***")  # never echo the token back
+            raise UserError(f"push to {repo_id} failed: {message.splitlines()[0]}; check the token's "
+                            f"write access and your network") from None
+    return f"https://huggingface.co/{repo_id}"

@@ -136,3 +136,17 @@ class PadToLongest:
             mask.append([1] * n + [0] * (width - n))
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
                 "attention_mask": torch.tensor(mask)}
+
+
+def segments(example: Example, tokenizer, train_on_prompt: bool = False) -> list[tuple[str, bool]]:
+    """The rendered text cut into (piece, trained) parts, for showing which part the loss sees."""
+    rendered = render(example, tokenizer, train_on_prompt)
+    parts, pos = [], 0
+    for a, b in sorted(rendered.trained_spans):
+        if a > pos:
+            parts.append((rendered.text[pos:a], False))
+        parts.append((rendered.text[a:b], True))
+        pos = b
+    if pos < len(rendered.text):
+        parts.append((rendered.text[pos:], False))
+    return parts

@@ -215,3 +215,50 @@ def list_runs(runs_dir: str | os.PathLike) -> list[RunDir]:
     if not root.is_dir():
         return []
     return [RunDir(p) for p in sorted(root.iterdir()) if (p / STATUS_FILE).is_file()]
+
+
+def summarize(run: RunDir) -> dict[str, Any]:
+    """One row of the runs table: what a person compares runs by."""
+    s = run.read_status()
+    metrics = run.read_metrics()
+    train = [r for r in metrics if "loss" in r]
+    evals = [r for r in metrics if "eval_loss" in r]
+    peak = max([r.get("mem_peak_mib", 0) for r in metrics] + [s.get("mem_peak_mib") or 0])
+    return {
+        "run_id": run.run_id,
+        "name": s.get("name") or run.run_id,
+        "method": s.get("method"),
+        "model": s.get("model"),
+        "status": s.get("status"),
+        "step": s.get("step", 0),
+        "total_steps": s.get("total_steps"),
+        "train_loss": train[-1]["loss"] if train else None,
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "peak_mib": peak or None,
+        "elapsed_s": s.get("elapsed_s") or (metrics[-1]["elapsed_s"] if metrics else None),
+        "tokens_per_second": s.get("tokens_per_second"),
+        "created_at": s.get("created_at"),
+        "error": s.get("error"),
+    }
+
+
+def delete_run(runs_dir: str | os.PathLike, run_id: str) -> None:
+    """Delete one run directory. The id must name a run directly inside runs_dir; anything
+    else (paths, '..', links) is refused, so a user value can never delete outside it."""
+    import shutil
+    run = run_by_id(runs_dir, run_id)
+    status = run.read_status().get("status")
+    if status in (Status.RUNNING.value, Status.QUEUED.value):
+        raise UserError(f"run {run_id} is {status}; stop it before deleting it")
+    shutil.rmtree(run.path)
+
+
+def run_by_id(runs_dir: str | os.PathLike, run_id: str) -> RunDir:
+    """A run by id only (what the studio uses): never a path, never outside runs_dir."""
+    root = Path(runs_dir).resolve()
+    if not isinstance(run_id, str) or not _SAFE_ID.fullmatch(run_id) or ".." in run_id:
+        raise UserError(f"{run_id!r} is not a run id; pick a run from the list")
+    target = root / run_id
+    if target.is_symlink() or not (target / STATUS_FILE).is_file():
+        raise UserError(f"no run {run_id!r} here; refresh the list of runs")
+    return RunDir(target)

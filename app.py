@@ -1,0 +1,35 @@
+"""Fine-Tune Studio: `python app.py` (or `make run`) serves the studio.
+
+Reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860), FT_RUNS_DIR (default
+./runs), HF_TOKEN (gated models, Hub uploads), FT_MAX_STEPS (cap on steps for a public demo).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from ft_engine.models import bundled_model_dir
+from ui.context import studio_from_env
+from ui.studio import CSS, THEME, build_studio
+
+log = logging.getLogger("app")
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("FT_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Convert the bundled model in the background on first start, so the page answers at once.
+    threading.Thread(target=bundled_model_dir, name="bundled-model", daemon=True).start()
+    studio = studio_from_env()
+    demo = build_studio(studio)
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        theme=THEME, css=CSS, show_error=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

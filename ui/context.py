@@ -1,0 +1,95 @@
+"""What the tabs share: where runs live, the engine's worker, and the loaded chat model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ft_engine.errors import UserError
+from ft_engine.rundir import RunDir, list_runs, run_by_id
+from ft_engine.worker import Worker
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+UPLOADS = ".uploads"  # inside runs_dir: uploads outlive Gradio's temporary files
+ALLOWED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+
+
+def sample_datasets() -> dict[str, Path]:
+    """Label → path of every sample dataset shipped in assets/."""
+    found = sorted(p for p in ASSETS.rglob("*") if p.suffix in ALLOWED_SUFFIXES and p.is_file())
+    return {str(p.relative_to(ASSETS)): p for p in found}
+
+
+@dataclass
+class Studio:
+    runs_dir: Path
+    worker: Worker = field(default_factory=Worker)
+    _chat_lock: threading.Lock = field(default_factory=threading.Lock)
+    _chat: tuple[str, object] | None = None  # (run id, ChatModel): one loaded model at a time
+
+    def __post_init__(self) -> None:
+        self.runs_dir = Path(self.runs_dir)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- data files -----------------------------------------------------------------------
+    def keep_upload(self, tmp_path: str) -> Path:
+        """Copy an uploaded file next to the runs (content-addressed), so its runs can be
+        resumed after Gradio cleaned its temporary folder."""
+        src = Path(tmp_path)
+        if src.suffix.lower() not in ALLOWED_SUFFIXES:
+            raise UserError(f"{src.name}: files of type '{src.suffix or 'none'}' are not accepted; "
+                            f"upload one of {', '.join(ALLOWED_SUFFIXES)}")
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in src.name)[-80:]
+        dest = self.runs_dir / UPLOADS / f"{digest}-{safe}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            shutil.copyfile(src, dest)
+        return dest
+
+    def checked_data_path(self, path: str) -> str:
+        """A data path given to start a run must be a shipped sample or a kept upload: an API
+        caller cannot make the server read an arbitrary file."""
+        p = Path(path).resolve()
+        roots = [ASSETS.resolve(), (self.runs_dir / UPLOADS).resolve()]
+        if not any(p.is_relative_to(r) for r in roots) or not p.is_file():
+            raise UserError(f"data {path!r} is not an uploaded file or a sample dataset; "
+                            f"upload it with validate_data first and use the data_path it returns")
+        return str(p)
+
+    # --- runs ------------------------------------------------------------------------------
+    def run(self, run_id: str) -> RunDir:
+        return run_by_id(self.runs_dir, run_id)
+
+    def runs(self) -> list[RunDir]:
+        return list_runs(self.runs_dir)
+
+    def latest_run_id(self) -> str | None:
+        current = self.worker.current_run_id
+        if current:
+            return current
+        runs = self.runs()
+        return runs[-1].run_id if runs else None
+
+    def chat_model(self, run_id: str):
+        """The ChatModel of a run, loading it if needed (and unloading the previous one)."""
+        from ft_engine.inference import ChatModel
+        with self._chat_lock:
+            if self._chat is None or self._chat[0] != run_id:
+                self._chat = None  # free the old model before loading the next
+                self._chat = (run_id, ChatModel(self.run(run_id)))
+            return self._chat[1]
+
+    def forget_chat(self, run_id: str) -> None:
+        with self._chat_lock:
+            if self._chat is not None and self._chat[0] == run_id:
+                self._chat = None
+
+
+def studio_from_env() -> Studio:
+    from ft_engine.config import default_runs_dir
+    return Studio(Path(os.environ.get("FT_RUNS_DIR") or default_runs_dir()))

@@ -1,0 +1,99 @@
+"""Widget values → RunConfig, in one function, and the presets that fill the widgets.
+
+Pure Python (no gradio): the Train tab builds the widgets, this module decides what their
+values mean. Unit-tested in tests/test_ui_form.py.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ft_engine.config import ALL_LINEAR, RunConfig
+
+# The hyperparameter widgets of the Train tab, in display order; names are RunConfig fields.
+ADVANCED_FIELDS = [
+    "learning_rate", "max_steps", "epochs", "batch_size", "grad_accum", "max_seq_len",
+    "warmup_ratio", "scheduler", "weight_decay", "max_grad_norm", "optimizer",
+    "activation_checkpointing", "train_on_prompt", "seed", "logging_steps", "eval_steps",
+    "checkpoint_steps", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    "quant_type", "double_quant", "compute_dtype", "precision",
+]
+
+LORA_TARGETS = [ALL_LINEAR, "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# Learning rates differ by method: adapters start from zero and need larger steps than a
+# full fine-tune, which moves weights that already work.
+_LR = {
+    "Quick demo": {"full": 5e-5, "lora": 1e-3, "qlora": 1e-3},
+    "Balanced": {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4},
+    "Thorough": {"full": 1e-5, "lora": 1e-4, "qlora": 1e-4},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~30 steps of ~3-4 s on a 2-core CPU with the bundled model: about two minutes
+    "Quick demo": dict(max_steps=30, epochs=1.0, batch_size=4, grad_accum=1, max_seq_len=256,
+                       warmup_ratio=0.0, scheduler="constant", lora_r=16, lora_alpha=32,
+                       checkpoint_steps=10, eval_steps=0),
+    "Balanced": dict(max_steps=0, epochs=1.0, batch_size=4, grad_accum=2, max_seq_len=512,
+                     warmup_ratio=0.03, scheduler="cosine", lora_r=16, lora_alpha=32,
+                     checkpoint_steps=50, eval_steps=25),
+    "Thorough": dict(max_steps=0, epochs=3.0, batch_size=4, grad_accum=4, max_seq_len=1024,
+                     warmup_ratio=0.05, scheduler="cosine", lora_r=32, lora_alpha=64,
+                     checkpoint_steps=100, eval_steps=50),
+}
+
+METHOD_CARDS = {
+    "lora": ("**LoRA** — the usual choice.\n\n"
+             "*What changes:* small add-on matrices (a few MB) learn beside the frozen model.\n\n"
+             "*Memory:* the model plus a little. *Speed:* fast.\n\n"
+             "*Choose it when:* you want a quick, cheap change of style or knowledge."),
+    "qlora": ("**QLoRA** — LoRA on a 4-bit compressed model.\n\n"
+              "*What changes:* the same add-ons, but the frozen model is stored in 4 bits.\n\n"
+              "*Memory:* least for big models on a GPU. *Speed:* on a CPU a bit slower than LoRA "
+              "(weights are unpacked at every step).\n\n"
+              "*Choose it when:* the model does not fit in memory otherwise."),
+    "full": ("**Full fine-tuning** — every weight learns.\n\n"
+             "*What changes:* the whole model; the result is a complete copy.\n\n"
+             "*Memory:* most (about 16 bytes per parameter). *Speed:* slowest.\n\n"
+             "*Choose it when:* the model is small and you want the biggest change."),
+}
+
+
+def preset_values(preset: str, method: str) -> dict[str, Any]:
+    """The widget values a preset sets, with the learning rate for the chosen method."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return {**PRESETS[preset], "learning_rate": _LR[preset].get(method, _LR[preset]["lora"])}
+
+
+def _int(value: Any) -> Any:
+    """gr.Number gives floats; whole numbers become ints, anything else is left for validation."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def config_from_form(values: dict[str, Any]) -> RunConfig:
+    """Build the RunConfig from the studio's widget values (names are RunConfig fields).
+
+    Numbers typed into number boxes arrive as floats, empty boxes as None; targets as a list
+    from a checkbox group. The result is validated: a ConfigError lists every bad value.
+    Demo caps (FT_MAX_STEPS) are applied here so a public Space can't be asked for more.
+    """
+    v = {k: val for k, val in values.items() if val is not None and val != ""}
+    for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "seed", "logging_steps",
+                "eval_steps", "checkpoint_steps", "lora_r", "lora_alpha"):
+        if key in v:
+            v[key] = _int(v[key])
+    targets = v.get("lora_target_modules")
+    if isinstance(targets, (list, tuple)):
+        # "all-linear" already covers every other choice; an empty choice means the default
+        v["lora_target_modules"] = [ALL_LINEAR] if (not targets or ALL_LINEAR in targets) else list(targets)
+    if isinstance(v.get("model"), str):
+        v["model"] = v["model"].strip()
+    cap = int(os.environ.get("FT_MAX_STEPS", "0") or 0)
+    if cap > 0:
+        # A public demo must not train for hours: cap the steps, and turn epochs into a capped count.
+        v["max_steps"] = min(v.get("max_steps") or cap, cap)
+    return RunConfig.from_dict(v).validate()

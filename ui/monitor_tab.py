@@ -1,0 +1,162 @@
+"""Monitor tab: status, progress with ETA, live curves, memory gauges and the event log of
+the current (or a chosen) run. Reads only the run directory; refreshes about once a second."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+import gradio as gr
+
+from ft_engine.errors import UserError
+from ft_engine.hardware import machine_snapshot
+
+from .charts import memory_curve, training_curves
+from .context import Studio
+
+REFRESH_SECONDS = 1.0
+FOLLOW = "(follow the latest run)"
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    s = int(s)
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+def run_report(studio: Studio, run_id: str) -> dict[str, Any]:
+    """Everything the Monitor shows about a run, from its files (also the run_status API)."""
+    run = studio.run(run_id)
+    status = run.read_status()
+    metrics = run.read_metrics()
+    step, total = status.get("step") or 0, status.get("total_steps")
+    elapsed = status.get("elapsed_s") or (metrics[-1]["elapsed_s"] if metrics else None)
+    eta = None
+    if status.get("status") == "running" and total and step and elapsed:
+        eta = elapsed / step * (total - step)
+    events_file = run.path / "events.jsonl"
+    events = [json.loads(x) for x in events_file.read_text().splitlines() if x.strip()] if events_file.exists() else []
+    last = next((r for r in reversed(metrics) if "loss" in r), {})
+    return {
+        "run_id": run_id, "status": status.get("status"), "method": status.get("method"),
+        "model": status.get("model"), "step": step, "total_steps": total, "elapsed_s": elapsed,
+        "eta_s": eta, "queue_position": studio.worker.position(run_id), "error": status.get("error"),
+        "loss": last.get("loss"), "tokens_per_second": last.get("tokens_per_second"),
+        "mem_peak_mib": status.get("mem_peak_mib") or last.get("mem_peak_mib"),
+        "events": events[-12:], "metrics_rows": len(metrics),
+    }
+
+
+def status_html(r: dict[str, Any]) -> str:
+    icon = {"running": "🟢", "queued": "⏳", "completed": "✅", "stopped": "⏹", "failed": "❌",
+            "interrupted": "⚠️"}.get(r["status"], "•")
+    total = r["total_steps"] or 0
+    pct = 100 * r["step"] / total if total else 0
+    queue = (f" — #{r['queue_position']} in the queue" if r["queue_position"] else "")
+    parts = [
+        f'<div class="ft-status"><b>{icon} {html.escape(str(r["status"]))}</b>{queue} · '
+        f'{html.escape(str(r["method"]))} on {html.escape(str(r["model"]))} · <code>{html.escape(r["run_id"])}</code></div>',
+        f'<div class="ft-progress"><div class="ft-progress-bar" style="width:{pct:.1f}%"></div></div>',
+        f'<div class="ft-progress-text">step {r["step"]} / {total or "?"} · elapsed {_fmt_seconds(r["elapsed_s"])}'
+        f' · ETA {_fmt_seconds(r["eta_s"])}'
+        + (f' · loss {r["loss"]:.4f}' if r["loss"] is not None else "")
+        + (f' · {r["tokens_per_second"]:.0f} tokens/s' if r["tokens_per_second"] else "") + "</div>",
+    ]
+    if r["error"] and r["status"] in ("failed", "interrupted"):
+        parts.append(f'<div class="ft-error">{html.escape(r["error"])}</div>')
+    return "".join(parts)
+
+
+def gauges_html(snap: dict[str, Any], run_peak_mib: float | None) -> str:
+    """GPU gauges from NVML when there is an NVIDIA GPU; otherwise RAM, labelled as CPU mode."""
+    def bar(label: str, used: float, total: float, extra: str = "") -> str:
+        pct = 100 * used / total if total else 0
+        return (f'<div class="ft-gauge"><div class="ft-gauge-label">{label}: {used / 1024:.1f} / '
+                f'{total / 1024:.1f} GiB {extra}</div><div class="ft-progress"><div class="ft-progress-bar '
+                f'{"ft-hot" if pct > 90 else ""}" style="width:{pct:.1f}%"></div></div></div>')
+    if snap["gpus"]:
+        rows = [bar(f"GPU {g['index']} · {html.escape(g['name'])}", g["used_mib"], g["total_mib"],
+                    f"· {g['utilization_percent']:.0f}% busy") for g in snap["gpus"]]
+    else:
+        rows = ['<div class="ft-mode">CPU mode — no NVIDIA GPU found; showing system memory</div>',
+                bar("System RAM", snap["ram_used_mib"], snap["ram_total_mib"], f"· CPU {snap['cpu_percent']:.0f}%")]
+    peak = f"{run_peak_mib / 1024:.2f} GiB" if run_peak_mib else "–"
+    rows.append(f'<div class="ft-gauge-label">This app now: {snap["process_used_mib"] / 1024:.2f} GiB · '
+                f'peak of this run: {peak}</div>')
+    return "".join(rows)
+
+
+def events_markdown(events: list[dict]) -> str:
+    if not events:
+        return "_No events yet._"
+    return "\n".join(f"- `{e['time'][11:19]}` step {e.get('step') or 0}: **{e['event']}** — {html.escape(e['message'])}"
+                     for e in reversed(events))
+
+
+def build(studio: Studio, current_run: gr.Textbox) -> tuple[gr.Dropdown, Any]:
+    """Returns the run picker and the function that refreshes its choices."""
+    gr.Markdown("## 3 · Monitor")
+    with gr.Row():
+        run_choice = gr.Dropdown([FOLLOW], value=FOLLOW, label="Run", scale=3,
+                                 info="Follows the newest run unless you pick one")
+        refresh = gr.Button("↻ Refresh list", scale=1)
+    status = gr.HTML()
+    curves = gr.Plot(label="Training curves")
+    with gr.Row():
+        gauges = gr.HTML()
+        mem_plot = gr.Plot(label="Memory of this run")
+    events = gr.Markdown()
+    seen = gr.State(None)  # (run id, metric rows) last drawn: unchanged curves are not redrawn
+    timer = gr.Timer(REFRESH_SECONDS)
+
+    def resolve(choice: str, current: str) -> str | None:
+        if choice and choice != FOLLOW:
+            return choice
+        return studio.worker.current_run_id or current or studio.latest_run_id()
+
+    def tick(choice: str, current: str, last_seen):
+        snap = machine_snapshot()
+        run_id = resolve(choice, current)
+        if not run_id:
+            return ("<div class='ft-status'>No run yet — start one in the Train tab.</div>", gr.update(),
+                    gauges_html(snap, None), gr.update(), "", last_seen)
+        try:
+            r = run_report(studio, run_id)
+        except UserError as e:
+            return f"<div class='ft-error'>{html.escape(str(e))}</div>", gr.update(), gauges_html(snap, None), \
+                gr.update(), "", last_seen
+        key = (run_id, r["metrics_rows"], r["status"])
+        if key == last_seen:
+            return status_html(r), gr.update(), gauges_html(snap, r["mem_peak_mib"]), gr.update(), \
+                events_markdown(r["events"]), last_seen
+        rows = studio.run(run_id).read_metrics()
+        mem_label = "GPU memory (PyTorch allocator)" if snap["gpus"] else "Process memory (CPU mode)"
+        return (status_html(r), training_curves(rows), gauges_html(snap, r["mem_peak_mib"]),
+                memory_curve(rows, mem_label), events_markdown(r["events"]), key)
+
+    outputs = [status, curves, gauges, mem_plot, events, seen]
+    timer.tick(tick, [run_choice, current_run, seen], outputs, api_visibility="private",
+               show_progress="hidden")
+    never_seen = gr.State(None)  # picking a run always redraws its curves
+    run_choice.change(tick, [run_choice, current_run, never_seen], outputs, api_visibility="private")
+
+    def refresh_choices():
+        return gr.update(choices=[FOLLOW] + [r.run_id for r in reversed(studio.runs())])
+
+    refresh.click(refresh_choices, None, run_choice, api_visibility="private")
+
+    def run_status(run_id: str = "") -> dict:
+        """Status of a run (the latest one when run_id is empty): status, step, total_steps,
+        elapsed_s, eta_s, queue_position, loss, tokens_per_second, mem_peak_mib, error, events."""
+        run_id = run_id or studio.latest_run_id() or ""
+        if not run_id:
+            return {"run_id": "", "status": None, "message": "no runs yet"}
+        try:
+            return run_report(studio, run_id)
+        except UserError as e:
+            return {"run_id": run_id, "status": None, "message": str(e)}
+
+    gr.api(run_status, api_name="run_status")
+    return run_choice, refresh_choices

@@ -1,0 +1,127 @@
+"""Runs tab: every run on disk in one table, loss curves of several runs overlaid, and for
+one run: download (adapter or merged model, zipped), push to the Hugging Face Hub, delete."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import gradio as gr
+
+from ft_engine.errors import UserError
+from ft_engine.export import push_to_hub, zip_result
+from ft_engine.rundir import delete_run, summarize
+
+from .charts import loss_overlay
+from .context import Studio
+
+COLUMNS = ["name", "method", "model", "status", "steps", "train loss", "eval loss", "peak memory (GiB)",
+           "duration", "tokens/s", "run id"]
+
+
+def table_rows(studio: Studio) -> list[list]:
+    """One row per run, newest first, in human units."""
+    rows = []
+    for run in reversed(studio.runs()):
+        s = summarize(run)
+        dur = s["elapsed_s"]
+        rows.append([
+            s["name"], s["method"], s["model"], s["status"],
+            f"{s['step']}/{s['total_steps'] or '?'}",
+            round(s["train_loss"], 4) if s["train_loss"] is not None else None,
+            round(s["eval_loss"], 4) if s["eval_loss"] is not None else None,
+            round(s["peak_mib"] / 1024, 2) if s["peak_mib"] else None,
+            f"{int(dur) // 60}m {int(dur) % 60:02d}s" if dur else "",
+            round(s["tokens_per_second"]) if s["tokens_per_second"] else None,
+            s["run_id"],
+        ])
+    return rows
+
+
+def build(studio: Studio):
+    gr.Markdown("## 5 · Runs")
+    refresh = gr.Button("↻ Refresh")
+    table = gr.Dataframe(value=table_rows(studio), headers=COLUMNS, interactive=False, wrap=True)
+    ids = [r.run_id for r in reversed(studio.runs())]
+    with gr.Row():
+        overlay_pick = gr.Dropdown(ids, multiselect=True, label="Overlay the loss curves of…", scale=3)
+    overlay = gr.Plot(label="Loss curves")
+    gr.Markdown("### One run")
+    selected = gr.Dropdown(ids, value=ids[0] if ids else None, label="Run", allow_custom_value=True)
+    with gr.Row():
+        with gr.Column():
+            kind = gr.Radio([("Adapter only (small)", "adapter"), ("Merged standalone model", "merged")],
+                            value="adapter", label="Download",
+                            info="Full fine-tuning runs always give the whole model")
+            export_btn = gr.Button("⬇ Prepare download")
+            download = gr.File(label="Your file", interactive=False)
+        with gr.Column():
+            repo = gr.Textbox(label="Hugging Face repo", placeholder="your-name/my-tuned-model")
+            token = gr.Textbox(label="Hugging Face token (write access)", type="password",
+                               placeholder="empty = use the server's HF_TOKEN",
+                               info="Used for this upload only; never saved.")
+            private = gr.Checkbox(True, label="Private repo")
+            push_btn = gr.Button("⬆ Push to the Hub")
+        with gr.Column():
+            confirm = gr.Checkbox(False, label="Yes, delete this run and its files for good")
+            delete_btn = gr.Button("🗑 Delete run", variant="stop")
+    result = gr.Markdown()
+
+    def refresh_all():
+        ids = [r.run_id for r in reversed(studio.runs())]
+        return table_rows(studio), gr.update(choices=ids), gr.update(choices=ids)
+
+    refresh.click(refresh_all, None, [table, overlay_pick, selected], api_visibility="private")
+
+    def draw_overlay(picked: list[str]):
+        curves = {}
+        for run_id in picked or []:
+            try:
+                curves[run_id] = studio.run(run_id).read_metrics()
+            except UserError:
+                continue  # deleted since the list was drawn; the refresh drops it
+        return loss_overlay(curves)
+
+    overlay_pick.change(draw_overlay, overlay_pick, overlay, api_visibility="private")
+
+    def export_run(run_id: str, export_kind: str):
+        """Zip of the run's adapter ("adapter") or merged standalone model ("merged")."""
+        if not run_id:
+            raise gr.Error("Pick a run first.")
+        try:
+            return str(zip_result(studio.run(run_id), export_kind, tempfile.mkdtemp(prefix="ft-export-")))
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+
+    export_btn.click(export_run, [selected, kind], download, api_name="export_run")
+
+    def push(run_id: str, repo_id: str, typed_token: str, is_private: bool, export_kind: str):
+        tok = typed_token or os.environ.get("HF_TOKEN", "")
+        try:
+            url = push_to_hub(studio.run(run_id), repo_id, tok, export_kind, private=is_private)
+        except UserError as e:
+            return f"❌ {e}", ""
+        return f"✅ Pushed to {url}", ""  # clear the token field
+
+    push_btn.click(push, [selected, repo, token, private, kind], [result, token], api_visibility="private")
+
+    def delete(run_id: str, confirmed: bool):
+        if not confirmed:
+            return "Tick the box to confirm the deletion first.", gr.update(), gr.update(), gr.update(), False
+        try:
+            delete_run(studio.runs_dir, run_id)
+            studio.forget_chat(run_id)
+        except UserError as e:
+            return f"❌ {e}", gr.update(), gr.update(), gr.update(), False
+        rows, a, b = refresh_all()
+        return f"Deleted `{run_id}`.", rows, a, b, False
+
+    delete_btn.click(delete, [selected, confirm], [result, table, overlay_pick, selected, confirm],
+                     api_visibility="private")
+
+    def list_runs() -> list[dict]:
+        """Every run on disk, newest first, with status, steps, losses, peak memory, duration."""
+        return [summarize(r) for r in reversed(studio.runs())]
+
+    gr.api(list_runs, api_name="list_runs")
+    return refresh_all, [table, overlay_pick, selected]

@@ -1,0 +1,186 @@
+"""Train tab: model, method (as plain-language cards), presets, every setting under
+"Advanced", Start / Stop, and the queue position of the run just started."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from ft_engine.config import FIELD_DOCS, RunConfig
+from ft_engine.errors import UserError
+
+from .context import Studio
+from .data_tab import DataWidgets
+from .form import ADVANCED_FIELDS, LORA_TARGETS, METHOD_CARDS, PRESETS, config_from_form, preset_values
+
+MODEL_CHOICES = ["bundled", "meta-llama/Llama-3.2-1B-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"]
+METHODS = [("LoRA (recommended)", "lora"), ("QLoRA (4-bit base)", "qlora"), ("Full fine-tuning", "full")]
+DEFAULT_PRESET = "Quick demo"
+
+
+@dataclass
+class TrainWidgets:
+    current_run: gr.Textbox  # id of the run started last here; the Monitor tab follows it
+
+
+def model_dropdown() -> gr.Dropdown:
+    """Built unrendered: the Data tab needs it (token counts depend on the tokenizer) before
+    the Train tab places it."""
+    return gr.Dropdown(MODEL_CHOICES, value="bundled", allow_custom_value=True, render=False,
+                       label="Model", info="'bundled' = SmolLM2-135M-Instruct, works offline. Or type any "
+                       "Hugging Face id or a local folder.")
+
+
+def _widget(name: str, value: Any) -> gr.components.Component:
+    """One proper widget per RunConfig field; its help text is the field's own documentation."""
+    info = FIELD_DOCS[name]
+    label = name.replace("_", " ").capitalize()
+    choices = {
+        "scheduler": ["linear", "cosine", "constant", "constant_with_warmup"],
+        "optimizer": ["adamw_torch", "adamw_8bit", "sgd"],
+        "quant_type": ["nf4", "fp4"],
+        "compute_dtype": ["auto", "float32", "bfloat16", "float16"],
+        "precision": ["auto", "fp32", "bf16", "fp16"],
+    }
+    if name in choices:
+        return gr.Dropdown(choices[name], value=value, label=label, info=info)
+    if name == "lora_target_modules":
+        return gr.CheckboxGroup(LORA_TARGETS, value=value, label=label, info=info)
+    if isinstance(value, bool):
+        return gr.Checkbox(value, label=label, info=info)
+    if name in ("warmup_ratio", "lora_dropout"):
+        return gr.Slider(0.0, 0.5, value=value, step=0.01, label=label, info=info)
+    if isinstance(value, int):
+        return gr.Number(value, precision=0, minimum=0, label=label, info=info)
+    return gr.Number(value, label=label, info=info)
+
+
+def _cards(method: str) -> str:
+    cells = "".join(
+        f'<div class="ft-card{" ft-card-chosen" if key == method else ""}">{_md(METHOD_CARDS[key])}</div>'
+        for _, key in METHODS)
+    return f'<div class="ft-cards">{cells}</div>'
+
+
+def _md(text: str) -> str:
+    """The cards' tiny markdown (bold, italics, paragraphs) as HTML."""
+    import re
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    out = re.sub(r"\*(.+?)\*", r"<i>\1</i>", out)
+    return "".join(f"<p>{p}</p>" for p in out.split("\n\n"))
+
+
+def queue_message(studio: Studio, run_id: str) -> str:
+    pos = studio.worker.position(run_id)
+    if pos == 0:
+        return f"▶️ **Training** `{run_id}` — watch it in the Monitor tab."
+    if pos:
+        return f"⏳ `{run_id}` is **#{pos} in the queue**; it starts when the runs before it finish."
+    status = studio.run(run_id).read_status()["status"]
+    return f"Run `{run_id}`: **{status}**."
+
+
+def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets:
+    defaults = RunConfig()
+    preset_defaults = preset_values(DEFAULT_PRESET, defaults.method)
+    gr.Markdown("## 2 · Train")
+    with gr.Row():
+        with gr.Column(scale=2):
+            model.render()
+            gr.Markdown("<small>Llama 3.2 1B (`meta-llama/Llama-3.2-1B-Instruct`) needs a Hugging Face token "
+                        "(`HF_TOKEN`, after accepting its licence), network access and, to be practical, a GPU. "
+                        "The bundled model trains on a laptop CPU in minutes.</small>")
+        with gr.Column(scale=1):
+            run_name = gr.Textbox(label="Run name (optional)", placeholder="e.g. zubrowka-lora",
+                                  info="Letters, digits, spaces, - _ .")
+    method = gr.Radio(METHODS, value=defaults.method, label="Method")
+    cards = gr.HTML(_cards(defaults.method))
+    preset = gr.Radio(list(PRESETS), value=DEFAULT_PRESET, label="Preset",
+                      info="Quick demo ≈ 2 minutes on a CPU; Balanced = one pass over the data; "
+                           "Thorough = three passes, larger adapters")
+    advanced: dict[str, gr.components.Component] = {}
+    with gr.Accordion("Advanced settings", open=False):
+        with gr.Row(equal_height=False):
+            columns = [gr.Column(), gr.Column(), gr.Column()]
+        for i, name in enumerate(ADVANCED_FIELDS):
+            with columns[i % 3]:
+                advanced[name] = _widget(name, preset_defaults.get(name, getattr(defaults, name)))
+    with gr.Row():
+        start = gr.Button("▶ Start training", variant="primary", size="lg")
+        stop = gr.Button("■ Stop", variant="stop", size="lg")
+    message = gr.Markdown()
+    current_run = gr.Textbox(label="Current run", interactive=False)
+
+    # --- events --------------------------------------------------------------------------
+    method.change(lambda m, p: (_cards(m), preset_values(p, m)["learning_rate"]), [method, preset],
+                  [cards, advanced["learning_rate"]], api_visibility="private")
+
+    preset_fields = list(PRESETS[DEFAULT_PRESET]) + ["learning_rate"]
+
+    def on_preset(p: str, m: str):
+        values = preset_values(p, m)
+        return [values[f] for f in preset_fields]
+
+    preset.change(on_preset, [preset, method], [advanced[f] for f in preset_fields], api_visibility="private")
+
+    form_inputs = [data.data_path, model, method, run_name, data.max_seq_len, data.val_fraction,
+                   data.train_on_prompt, data.data_format] + [advanced[f] for f in ADVANCED_FIELDS if f not in
+                                                              ("max_seq_len", "train_on_prompt")]
+    form_names = ["data", "model", "method", "run_name", "max_seq_len", "val_fraction", "train_on_prompt",
+                  "data_format"] + [f for f in ADVANCED_FIELDS if f not in ("max_seq_len", "train_on_prompt")]
+
+    def start_from_widgets(*values):
+        form = dict(zip(form_names, values))
+        if not form["data"]:
+            return "❌ No data yet: pick a sample or upload a file in the **Data** tab first.", gr.update()
+        try:
+            form["data"] = studio.checked_data_path(form["data"])
+            config = config_from_form(form)
+            run = studio.worker.submit(config)
+        except UserError as e:
+            return f"❌ {e}", gr.update()
+        return queue_message(studio, run.run_id), run.run_id
+
+    start.click(start_from_widgets, form_inputs, [message, current_run], api_visibility="private")
+
+    def stop_current(run_id: str):
+        if not run_id:
+            return "Nothing to stop: no run was started here."
+        try:
+            return f"⏹ `{run_id}`: {studio.worker.stop(run_id)}."
+        except UserError as e:
+            return f"❌ {e}"
+
+    stop.click(stop_current, [current_run], [message], api_visibility="private")
+
+    # --- scripting API (gradio_client) ----------------------------------------------------
+    def start_training(data_path: str, model: str = "bundled", method: str = "lora",
+                       preset: str = DEFAULT_PRESET, settings_json: str = "{}") -> dict:
+        """Start (or queue) a run. data_path: as returned by validate_data. settings_json: any
+        RunConfig fields as a JSON object, e.g. {"max_steps": 5}. Returns run_id, position and
+        message; on bad input run_id is empty and message says what to fix."""
+        try:
+            settings = json.loads(settings_json or "{}")
+            if not isinstance(settings, dict):
+                raise UserError("settings_json must be a JSON object such as {\"max_steps\": 5}")
+            form = {**preset_values(preset, method), **settings, "model": model, "method": method,
+                    "data": studio.checked_data_path(data_path)}
+            run = studio.worker.submit(config_from_form(form))
+        except (UserError, ValueError) as e:
+            return {"run_id": "", "position": None, "message": str(e)}
+        return {"run_id": run.run_id, "position": studio.worker.position(run.run_id),
+                "message": queue_message(studio, run.run_id)}
+
+    def stop_training(run_id: str) -> str:
+        """Stop a running run after its current step, or remove a queued one."""
+        try:
+            return studio.worker.stop(run_id)
+        except UserError as e:
+            return str(e)
+
+    gr.api(start_training, api_name="start_training")
+    gr.api(stop_training, api_name="stop_training")
+    return TrainWidgets(current_run)
