@@ -10,17 +10,28 @@ import logging
 import os
 import threading
 
-from ft_engine.models import bundled_model_dir
+from ft_engine.config import BUNDLED_MODEL
+from ft_engine.errors import UserError
+from ft_engine.models import model_source
 from ui.context import studio_from_env
 from ui.studio import CSS, THEME, build_studio
 
 log = logging.getLogger("app")
 
 
+def _prepare_bundled_model() -> None:
+    """Convert the bundled model on first start, in the background, so the page answers at
+    once; a failure is logged with its fix and shown again when someone picks that model."""
+    try:
+        model_source(BUNDLED_MODEL)
+    except UserError as e:
+        log.warning("the bundled model is not available: %s", e)
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("FT_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Convert the bundled model in the background on first start, so the page answers at once.
-    threading.Thread(target=bundled_model_dir, name="bundled-model", daemon=True).start()
+    threading.Thread(target=_prepare_bundled_model, name="bundled-model", daemon=True).start()
     studio = studio_from_env()
     demo = build_studio(studio)
     demo.queue(default_concurrency_limit=4)

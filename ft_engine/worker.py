@@ -69,13 +69,15 @@ class Worker:
         raise UserError(f"run {run_id} is not running or queued here, so there is nothing to stop")
 
     def position(self, run_id: str) -> int | None:
-        """0 while running, 1 for the next in line, ...; None when not in this worker."""
+        """How many runs are ahead of this one (the running one included): 0 while it runs
+        or is about to start; None when this worker does not hold it."""
         with self._cv:
             if self._current is not None and self._current.run_dir.run_id == run_id:
                 return 0
-            for i, job in enumerate(self._queue, start=1):
+            ahead = 1 if self._current is not None else 0
+            for i, job in enumerate(self._queue):
                 if job.run_dir.run_id == run_id:
-                    return i
+                    return ahead + i
         return None
 
     @property

@@ -92,8 +92,9 @@ def config_from_form(values: dict[str, Any]) -> RunConfig:
         v["lora_target_modules"] = [ALL_LINEAR] if (not targets or ALL_LINEAR in targets) else list(targets)
     if isinstance(v.get("model"), str):
         v["model"] = v["model"].strip()
+    config = RunConfig.from_dict(v)  # types checked here, so the cap below compares numbers
     cap = int(os.environ.get("FT_MAX_STEPS", "0") or 0)
     if cap > 0:
         # A public demo must not train for hours: cap the steps, and turn epochs into a capped count.
-        v["max_steps"] = min(v.get("max_steps") or cap, cap)
-    return RunConfig.from_dict(v).validate()
+        config.max_steps = min(config.max_steps or cap, cap)
+    return config.validate()

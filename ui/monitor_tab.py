@@ -42,7 +42,9 @@ def run_report(studio: Studio, run_id: str) -> dict[str, Any]:
     return {
         "run_id": run_id, "status": status.get("status"), "method": status.get("method"),
         "model": status.get("model"), "step": step, "total_steps": total, "elapsed_s": elapsed,
-        "eta_s": eta, "queue_position": studio.worker.position(run_id), "error": status.get("error"),
+        "eta_s": eta, "error": status.get("error"),
+        # the worker lets go of a run a moment after writing its final status
+        "queue_position": studio.worker.position(run_id) if status.get("status") in ("queued", "running") else None,
         "loss": last.get("loss"), "tokens_per_second": last.get("tokens_per_second"),
         "mem_peak_mib": status.get("mem_peak_mib") or last.get("mem_peak_mib"),
         "events": events[-12:], "metrics_rows": len(metrics),
@@ -54,7 +56,7 @@ def status_html(r: dict[str, Any]) -> str:
             "interrupted": "⚠️"}.get(r["status"], "•")
     total = r["total_steps"] or 0
     pct = 100 * r["step"] / total if total else 0
-    queue = (f" — #{r['queue_position']} in the queue" if r["queue_position"] else "")
+    queue = (f" — waiting, {r['queue_position']} run(s) ahead" if r["status"] == "queued" and r["queue_position"] else "")
     parts = [
         f'<div class="ft-status"><b>{icon} {html.escape(str(r["status"]))}</b>{queue} · '
         f'{html.escape(str(r["method"]))} on {html.escape(str(r["model"]))} · <code>{html.escape(r["run_id"])}</code></div>',

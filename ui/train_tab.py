@@ -74,11 +74,14 @@ def _md(text: str) -> str:
 
 
 def queue_message(studio: Studio, run_id: str) -> str:
-    pos = studio.worker.position(run_id)
-    if pos == 0:
+    ahead = studio.worker.position(run_id)
+    if studio.worker.current_run_id == run_id:
         return f"▶️ **Training** `{run_id}` — watch it in the Monitor tab."
-    if pos:
-        return f"⏳ `{run_id}` is **#{pos} in the queue**; it starts when the runs before it finish."
+    if ahead == 0:
+        return f"▶️ `{run_id}` **starts now** — watch it in the Monitor tab."
+    if ahead:
+        return (f"⏳ `{run_id}` is **#{ahead} in the queue** ({ahead} run{'s' if ahead > 1 else ''} ahead of "
+                f"it); it starts by itself when they finish.")
     status = studio.run(run_id).read_status()["status"]
     return f"Run `{run_id}`: **{status}**."
 
@@ -138,6 +141,7 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
             return "❌ No data yet: pick a sample or upload a file in the **Data** tab first.", gr.update()
         try:
             form["data"] = studio.checked_data_path(form["data"])
+            form["runs_dir"] = str(studio.runs_dir)
             config = config_from_form(form)
             run = studio.worker.submit(config)
         except UserError as e:
@@ -166,8 +170,9 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
             settings = json.loads(settings_json or "{}")
             if not isinstance(settings, dict):
                 raise UserError("settings_json must be a JSON object such as {\"max_steps\": 5}")
+            # settings come last but cannot choose where files are written or read
             form = {**preset_values(preset, method), **settings, "model": model, "method": method,
-                    "data": studio.checked_data_path(data_path)}
+                    "data": studio.checked_data_path(data_path), "runs_dir": str(studio.runs_dir)}
             run = studio.worker.submit(config_from_form(form))
         except (UserError, ValueError) as e:
             return {"run_id": "", "position": None, "message": str(e)}
