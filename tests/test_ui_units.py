@@ -383,7 +383,7 @@ def test_table_rows(trained, tiny_model):
     col = {name: i for i, name in enumerate(COLUMNS)}
     newest, done = rows
     assert newest[col["run id"]] == queued.run_id and done[col["run id"]] == run.run_id
-    assert done[col["name"]] == "a-first" and done[col["method"]] == "lora" and done[col["model"]] == tiny_model
+    assert done[col["name"]] == "a-first" and done[col["method"]] == "lora" and done[col["model"]] == Path(tiny_model).name  # folder name, not the whole path
     assert done[col["status"]] == "completed" and done[col["steps"]] == "3/3"
     assert isinstance(done[col["train loss"]], float) and done[col["eval loss"]] is None
     assert done[col["peak memory (GiB)"]] > 0 and done[col["duration"]].endswith("s")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=40, b=40), height=320,
-               legend=dict(orientation="h", y=-0.2))
+_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=40, b=80), height=340,
+               legend=dict(orientation="h", y=-0.3))
 
 
 def smooth(values: list[float], weight: float = 0.8) -> list[float]:
@@ -39,6 +39,8 @@ def training_curves(rows: list[dict], title: str = "") -> go.Figure:
                              mode="lines", line=dict(color="rgb(148,103,189)")), 1, 3)
     for col in (1, 2, 3):
         fig.update_xaxes(title_text="step", row=1, col=col)
+    # learning rates are ~1e-4: scientific ticks from zero, or a constant rate looks like 0
+    fig.update_yaxes(tickformat=".1e", rangemode="tozero", row=1, col=2)
     fig.update_layout(title=title or None, **_LAYOUT)
     if not train:
         fig.add_annotation(text="waiting for the first step…", showarrow=False, x=0.5, y=0.5,

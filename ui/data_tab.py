@@ -4,6 +4,7 @@ length limit cuts, and the first examples exactly as the model will see them."""
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from dataclasses import dataclass
 
 import gradio as gr
@@ -82,7 +83,7 @@ def build(studio: Studio, model: gr.Dropdown) -> DataWidgets:
             data_format = gr.Dropdown(["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"],
                                       value="auto", label="Format",
                                       info="auto detects it from the columns")
-            max_seq_len = gr.Slider(32, 4096, value=512, step=32, label="Maximum length (tokens)",
+            max_seq_len = gr.Slider(32, 4096, value=256, step=32, label="Maximum length (tokens)",
                                     info="Longer rows are cut to this length")
             val_fraction = gr.Slider(0.0, 0.4, value=0.0, step=0.05, label="Held out for validation",
                                      info="Share of rows kept aside to measure an eval loss (0 = none)")
@@ -100,22 +101,25 @@ def build(studio: Studio, model: gr.Dropdown) -> DataWidgets:
         """Check a data file: summary, token-length histogram, preview, and the kept path."""
         try:
             if file:
-                path = studio.keep_upload(file)
+                path, shown_name = studio.keep_upload(file), Path(file).name
             elif sample_name and sample_name in samples:
-                path = samples[sample_name]
+                path, shown_name = samples[sample_name], sample_name
             else:
                 return "Pick a sample or upload a file first.", None, "", ""
             preview = preview_data(str(path), model=model_id or "bundled", max_seq_len=int(max_len),
                                    train_on_prompt=bool(prompt_too), data_format=fmt or "auto")
         except UserError as e:
             return error_markdown(e), None, "", ""
+        # name the file as the user knows it, not as it is stored
+        preview.description = preview.description.replace(Path(path).name, shown_name)
         return (summary_markdown(preview, str(path)), token_length_histogram(preview.token_lengths, int(max_len)),
                 preview_html(preview), str(path))
 
     inputs = [upload, sample, model, max_seq_len, train_on_prompt, data_format]
     outputs = [summary, histogram, examples, data_path]
     check.click(validate_data, inputs, outputs, api_name="validate_data")
-    upload.upload(validate_data, inputs, outputs, api_visibility="private")
+    # an upload replaces the sample choice, so it is clear which file will be used
+    upload.upload(lambda *v: (*validate_data(*v), None), inputs, outputs + [sample], api_visibility="private")
     # choosing a sample means "use this sample", even if a file was uploaded before
     sample.input(lambda *v: validate_data(None, *v[1:]), inputs, outputs, api_visibility="private")
     max_seq_len.release(validate_data, inputs, outputs, api_visibility="private")

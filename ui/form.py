@@ -12,10 +12,12 @@ from typing import Any
 from ft_engine.config import ALL_LINEAR, RunConfig
 
 # The hyperparameter widgets of the Train tab, in display order; names are RunConfig fields.
+# The data settings (max_seq_len, val_fraction, train_on_prompt, data_format) live in the
+# Data tab, next to the preview they change.
 ADVANCED_FIELDS = [
-    "learning_rate", "max_steps", "epochs", "batch_size", "grad_accum", "max_seq_len",
+    "learning_rate", "max_steps", "epochs", "batch_size", "grad_accum",
     "warmup_ratio", "scheduler", "weight_decay", "max_grad_norm", "optimizer",
-    "activation_checkpointing", "train_on_prompt", "seed", "logging_steps", "eval_steps",
+    "activation_checkpointing", "seed", "logging_steps", "eval_steps",
     "checkpoint_steps", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
     "quant_type", "double_quant", "compute_dtype", "precision",
 ]

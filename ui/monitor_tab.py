@@ -64,7 +64,7 @@ def status_html(r: dict[str, Any]) -> str:
         f'<div class="ft-progress-text">step {r["step"]} / {total or "?"} · elapsed {_fmt_seconds(r["elapsed_s"])}'
         f' · ETA {_fmt_seconds(r["eta_s"])}'
         + (f' · loss {r["loss"]:.4f}' if r["loss"] is not None else "")
-        + (f' · {r["tokens_per_second"]:.0f} tokens/s' if r["tokens_per_second"] else "") + "</div>",
+        + (f' · {r["tokens_per_second"]:.0f} tokens/s (last step)' if r["tokens_per_second"] else "") + "</div>",
     ]
     if r["error"] and r["status"] in ("failed", "interrupted"):
         parts.append(f'<div class="ft-error">{html.escape(r["error"])}</div>')

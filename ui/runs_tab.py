@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import gradio as gr
 
@@ -26,7 +27,7 @@ def table_rows(studio: Studio) -> list[list]:
         s = summarize(run)
         dur = s["elapsed_s"]
         rows.append([
-            s["name"], s["method"], s["model"], s["status"],
+            s["name"], s["method"], Path(str(s["model"])).name or s["model"], s["status"],
             f"{s['step']}/{s['total_steps'] or '?'}",
             round(s["train_loss"], 4) if s["train_loss"] is not None else None,
             round(s["eval_loss"], 4) if s["eval_loss"] is not None else None,
@@ -67,11 +68,12 @@ def build(studio: Studio):
             delete_btn = gr.Button("🗑 Delete run", variant="stop")
     result = gr.Markdown()
 
-    def refresh_all():
+    def refresh_all(current: str | None = None):
         ids = [r.run_id for r in reversed(studio.runs())]
-        return table_rows(studio), gr.update(choices=ids), gr.update(choices=ids)
+        keep = current if current in ids else (ids[0] if ids else None)
+        return table_rows(studio), gr.update(choices=ids), gr.update(choices=ids, value=keep)
 
-    refresh.click(refresh_all, None, [table, overlay_pick, selected], api_visibility="private")
+    refresh.click(refresh_all, selected, [table, overlay_pick, selected], api_visibility="private")
 
     def draw_overlay(picked: list[str]):
         curves = {}
@@ -113,7 +115,7 @@ def build(studio: Studio):
             studio.forget_chat(run_id)
         except UserError as e:
             return f"❌ {e}", gr.update(), gr.update(), gr.update(), False
-        rows, a, b = refresh_all()
+        rows, a, b = refresh_all(None)
         return f"Deleted `{run_id}`.", rows, a, b, False
 
     delete_btn.click(delete, [selected, confirm], [result, table, overlay_pick, selected, confirm],
@@ -124,4 +126,4 @@ def build(studio: Studio):
         return [summarize(r) for r in reversed(studio.runs())]
 
     gr.api(list_runs, api_name="list_runs")
-    return refresh_all, [table, overlay_pick, selected]
+    return refresh_all, selected, [table, overlay_pick, selected]

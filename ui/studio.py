@@ -44,9 +44,9 @@ def build_studio(studio: Studio) -> gr.Blocks:
             with gr.Tab("4 · Chat", id="chat") as chat_tab_ui:
                 chat_choice, chat_refresh = chat_tab.build(studio)
             with gr.Tab("5 · Runs", id="runs") as runs_tab_ui:
-                runs_refresh, runs_outputs = runs_tab.build(studio)
+                runs_refresh, runs_selected, runs_outputs = runs_tab.build(studio)
         # lists are refreshed when their tab is opened, so new runs show up without a click
         monitor_tab_ui.select(monitor_refresh, None, monitor_choice, api_visibility="private")
         chat_tab_ui.select(chat_refresh, None, chat_choice, api_visibility="private")
-        runs_tab_ui.select(runs_refresh, None, runs_outputs, api_visibility="private")
+        runs_tab_ui.select(runs_refresh, runs_selected, runs_outputs, api_visibility="private")
     return demo

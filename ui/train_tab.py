@@ -122,18 +122,19 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
                   [cards, advanced["learning_rate"]], api_visibility="private")
 
     preset_fields = list(PRESETS[DEFAULT_PRESET]) + ["learning_rate"]
+    # a preset's maximum length goes to the Data tab's slider, where that setting lives
+    preset_widgets = [data.max_seq_len if f == "max_seq_len" else advanced[f] for f in preset_fields]
 
     def on_preset(p: str, m: str):
         values = preset_values(p, m)
         return [values[f] for f in preset_fields]
 
-    preset.change(on_preset, [preset, method], [advanced[f] for f in preset_fields], api_visibility="private")
+    preset.change(on_preset, [preset, method], preset_widgets, api_visibility="private")
 
     form_inputs = [data.data_path, model, method, run_name, data.max_seq_len, data.val_fraction,
-                   data.train_on_prompt, data.data_format] + [advanced[f] for f in ADVANCED_FIELDS if f not in
-                                                              ("max_seq_len", "train_on_prompt")]
+                   data.train_on_prompt, data.data_format] + [advanced[f] for f in ADVANCED_FIELDS]
     form_names = ["data", "model", "method", "run_name", "max_seq_len", "val_fraction", "train_on_prompt",
-                  "data_format"] + [f for f in ADVANCED_FIELDS if f not in ("max_seq_len", "train_on_prompt")]
+                  "data_format"] + ADVANCED_FIELDS
 
     def start_from_widgets(*values):
         form = dict(zip(form_names, values))
