@@ -12,7 +12,6 @@ import threading
 
 from ft_engine.config import BUNDLED_MODEL
 from ft_engine.errors import UserError
-from ft_engine.models import model_source
 from ui.context import studio_from_env
 from ui.studio import CSS, THEME, build_studio
 
@@ -22,6 +21,7 @@ log = logging.getLogger("app")
 def _prepare_bundled_model() -> None:
     """Convert the bundled model on first start, in the background, so the page answers at
     once; a failure is logged with its fix and shown again when someone picks that model."""
+    from ft_engine.models import model_source  # torch + transformers: loaded here, off the start-up path
     try:
         model_source(BUNDLED_MODEL)
     except UserError as e:

@@ -12,18 +12,19 @@ import resource
 from pathlib import Path
 
 import psutil
-import torch
 
 MIB = 1024 * 1024
 
 
 def device_kind() -> str:
+    import torch  # imported here: the studio reads memory before anything loads torch
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def reset_peak() -> bool:
     """Start a new peak measurement. Returns False where the OS can't reset the CPU peak,
     in which case the CPU peak covers the whole process lifetime (and is labelled so)."""
+    import torch
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return True
@@ -47,7 +48,9 @@ def _cpu_peak_bytes() -> int:
 
 def snapshot() -> dict[str, float]:
     """Memory now and peak since `reset_peak`, in MiB, named by what was measured."""
-    if torch.cuda.is_available():
+    import sys
+    torch = sys.modules.get("torch")  # no torch loaded yet means no CUDA memory in use either
+    if torch is not None and torch.cuda.is_available():
         return {
             "mem_device": "cuda",
             "mem_used_mib": round(torch.cuda.memory_allocated() / MIB, 1),

@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 
 from .config import RunConfig
 from .errors import UserError
 from .rundir import RunDir, Status, utc_now
-from .training import TrainingJob, resume_job
+
+if TYPE_CHECKING:
+    from .training import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ class Worker:
     # --- submitting ---------------------------------------------------------------------------
     def submit(self, config: RunConfig) -> RunDir:
         """Validate and queue a new run; raises UserError on bad settings or data."""
+        from .training import TrainingJob  # torch/transformers load on first use, not at app start
         job = TrainingJob(config)
         job.prepare()
         return self._enqueue(job)
@@ -39,6 +43,7 @@ class Worker:
         with self._cv:
             if self._owns(run.run_id):
                 raise UserError(f"run {run.run_id} is already queued or running")
+        from .training import resume_job
         job = resume_job(run)
         job.run_dir.write_status(status=Status.QUEUED, ended_at=None, error=None)
         return self._enqueue(job)

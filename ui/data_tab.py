@@ -10,7 +10,10 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ft_engine.errors import DataError, UserError
-from ft_engine.preview import DataPreview, preview_data
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ft_engine.preview import DataPreview
 
 from .charts import token_length_histogram
 from .context import ALLOWED_SUFFIXES, Studio, sample_datasets
@@ -99,6 +102,7 @@ def build(studio: Studio, model: gr.Dropdown) -> DataWidgets:
     def validate_data(file: str | None, sample_name: str | None, model_id: str, max_len: float,
                       prompt_too: bool, fmt: str):
         """Check a data file: summary, token-length histogram, preview, and the kept path."""
+        from ft_engine.preview import preview_data  # loads transformers on first use
         try:
             if file:
                 path, shown_name = studio.keep_upload(file), Path(file).name

@@ -10,7 +10,6 @@ from pathlib import Path
 import gradio as gr
 
 from ft_engine.errors import UserError
-from ft_engine.export import push_to_hub, zip_result
 from ft_engine.rundir import delete_run, summarize
 
 from .charts import loss_overlay
@@ -90,6 +89,7 @@ def build(studio: Studio):
         """Zip of the run's adapter ("adapter") or merged standalone model ("merged")."""
         if not run_id:
             raise gr.Error("Pick a run first.")
+        from ft_engine.export import zip_result  # loads torch on first use
         try:
             return str(zip_result(studio.run(run_id), export_kind, tempfile.mkdtemp(prefix="ft-export-")))
         except UserError as e:
@@ -98,6 +98,7 @@ def build(studio: Studio):
     export_btn.click(export_run, [selected, kind], download, api_name="export_run")
 
     def push(run_id: str, repo_id: str, typed_token: str, is_private: bool, export_kind: str):
+        from ft_engine.export import push_to_hub
         tok = typed_token or os.environ.get("HF_TOKEN", "")
         try:
             url = push_to_hub(studio.run(run_id), repo_id, tok, export_kind, private=is_private)

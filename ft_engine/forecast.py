@@ -1,0 +1,638 @@
+"""Memory forecast: will a run fit, before a single weight is loaded?
+
+From a model's config alone (no weights, no network for local folders) we count every
+parameter exactly, then add up what a training run keeps in memory, component by component,
+the way `build_model` and the Trainer actually lay it out:
+
+    weights            frozen + trainable parameters, in the dtype each method stores them
+    quant_constants    QLoRA's per-block absmax scales (with or without double quantization)
+    gradients          one per trainable parameter, same dtype as the parameter (fp32)
+    optimizer_state    AdamW's two moments, 8-bit AdamW's two uint8 moments, or nothing (SGD)
+    optimizer_temp     scratch the optimizer step allocates on top of its state
+    autocast_copies    half-precision copies of fp32 weights cached by autocast (GPU, mixed precision)
+    activations        tensors saved in the forward pass for the backward pass
+    logits_loss        batch*seq*vocab logits, log-softmax and their gradients, in fp32
+    runtime_overhead   CPU: the Python/torch/transformers process itself; CUDA: cuBLAS workspace
+                       and QLoRA's dequantization buffer
+
+The forecast predicts what `ft_engine.memory` reports as a run's peak (`mem_peak_mib`):
+CUDA `max_memory_allocated` on a GPU, the process's peak RSS on CPU. On a GPU the memory that
+must be *free* is larger (CUDA context, allocator fragmentation): that is `needed_bytes`,
+and the verdict compares it with what is available.
+
+Every tunable number lives in `Constants` (one place) so a calibration on bigger models
+changes numbers, not formulas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
+from .errors import UserError
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+LLAMA_1B_SHAPE = "llama-3.2-1b-shape"
+"""A built-in config with Llama 3.2 1B's published shape, to plan without weights or network."""
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+LINEARS = ATTENTION + MLP
+"""What peft's `all-linear` targets in a Llama-style decoder (every linear but lm_head)."""
+
+COMPONENTS = ("weights_frozen", "weights_trainable", "quant_constants", "gradients", "optimizer_state",
+              "optimizer_temp", "autocast_copies", "activations", "logits_loss", "runtime_overhead")
+
+VERDICTS = ("fits", "tight", "will not fit")
+
+
+@dataclass(frozen=True)
+class Constants:
+    """Every calibrated number of the forecast. Formulas are in `forecast`'s helpers; these
+    are the knobs. Calibrated so far on tiny Llamas (hidden 64-256, 2-4 layers) on CPU."""
+
+    # --- activations: elements saved per layer per token (see `_activation_elements`) -------
+    # Counted with torch.autograd.graph.saved_tensors_hooks on tiny Llamas (CPU, fp32).
+    act_h_trainable: float = 6.0
+    """hidden-sized tensors per layer when the base trains: for each of the 2 RMSNorms its
+    input, the normalized hidden and its output (the input of the next linears)."""
+    act_h_frozen: float = 1.5
+    """hidden-sized tensors per layer with a frozen base (weights frozen: linears and norm
+    weights need not keep their inputs); adapters add their own inputs on top."""
+    act_q_attention: float = 4.0
+    """attention-sized (heads*head_dim) tensors kept by SDPA: q, k and v (k, v repeated to all
+    heads for grouped-query attention) and its output, which is also o_proj's input. No
+    seq^2 score matrix: fused SDPA kernels recompute it."""
+    act_i_trainable: float = 4.0
+    """intermediate-sized tensors: gate out (silu), silu out and up out (mul), down's input."""
+    act_i_frozen: float = 3.0
+    """the same without down's input (a frozen down_proj needs only its weight)."""
+    act_final_h_trainable: float = 3.0
+    """hidden-sized tensors of the final norm (and lm_head's input) per token, base trains."""
+    act_final_h_frozen: float = 1.0
+    """the same with a frozen base."""
+    lora_dropout_copies: float = 1.35
+    """extra input-sized tensors per adapted linear when lora_dropout > 0 (the dropped-out
+    copy lora_A keeps, and on CPU the fp32 dropout noise; measured 1.35 inputs on average)."""
+    mask_bytes: float = 4.0
+    """bytes per element of the batch*seq*seq attention mask each layer's SDPA keeps (fp32 on
+    CPU; halved with half-precision activations)."""
+    backward_layers: float = 1.0
+    """layers' worth of activations alive on top of the saved ones during backward (the
+    gradients of one layer's intermediate tensors)."""
+    logits_copies: float = 3.0
+    """fp32 batch*seq*vocab tensors alive around the loss: logits upcast to fp32, log-softmax
+    saved for backward, and its gradient."""
+
+    # --- fixed costs ------------------------------------------------------------------------
+    cpu_process_baseline: int = 500 * MIB
+    """RSS of a process that has imported torch, transformers, peft, datasets and ft_engine and
+    run a tiny model (measured: ~490 MiB, torch 2.13 CPU, transformers 5.24)."""
+    cuda_workspace: int = 32 * MIB
+    """cuBLAS workspace, allocated through PyTorch's caching allocator (so it is counted)."""
+    cuda_context: int = 500 * MIB
+    """CUDA context + kernels: NOT counted by max_memory_allocated, but must be free."""
+    cuda_fragmentation: float = 0.05
+    """Caching-allocator slack (reserved but not allocated) as a share of the peak."""
+
+    # --- quantization and optimizers ---------------------------------------------------------
+    quant_block: int = 64
+    """bitsandbytes 4-bit blocksize: one absmax per 64 weights."""
+    double_quant_block: int = 256
+    """double quantization: the 8-bit absmaxes get one fp32 scale per 256 blocks."""
+    adam8bit_block: int = 256
+    """bitsandbytes 8-bit optimizers: one fp32 absmax per 256 state values."""
+    adam8bit_min_size: int = 4096
+    """bitsandbytes keeps 32-bit state for tensors smaller than this."""
+
+    # --- verdict ----------------------------------------------------------------------------
+    tight_fraction: float = 0.85
+    """Above this share of the available memory the verdict is `tight`."""
+
+
+DEFAULTS = Constants()
+
+
+# --- the model's shape --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A Llama-style decoder's dimensions and exact parameter counts by layer type.
+
+    Counts per layer (h hidden, n heads, g kv heads, d head_dim, I intermediate, V vocab):
+    q = h*n*d, k = v = h*g*d, o = n*d*h (+ biases where the config has them),
+    gate = up = h*I, down = I*h, norms = 2*h; embedding = V*h, final norm = h,
+    lm_head = V*h, or 0 when tied to the embedding (one shared tensor)."""
+
+    name: str
+    model_type: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied_embeddings: bool
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linear_dims(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each linear layer of one decoder layer."""
+        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def linear_bias(self, name: str) -> int:
+        _, out = self.linear_dims()[name]
+        return out if (self.attention_bias and name in ATTENTION) or (self.mlp_bias and name in MLP) else 0
+
+    def linear_params(self, name: str) -> int:
+        """Weight + bias of one linear layer of one decoder layer."""
+        i, o = self.linear_dims()[name]
+        return i * o + self.linear_bias(name)
+
+    @property
+    def embedding(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def norms_per_layer(self) -> int:
+        return 2 * self.hidden
+
+    @property
+    def final_norm(self) -> int:
+        return self.hidden
+
+    @property
+    def lm_head(self) -> int:
+        """Extra parameters of the output head: 0 when tied to the embedding."""
+        return 0 if self.tied_embeddings else self.vocab * self.hidden
+
+    @property
+    def per_layer(self) -> int:
+        return sum(self.linear_params(n) for n in LINEARS) + self.norms_per_layer
+
+    @property
+    def linear_total(self) -> int:
+        """Parameters (weights and biases) of all decoder linears: what QLoRA quantizes."""
+        return self.layers * sum(self.linear_params(n) for n in LINEARS)
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.layers * self.per_layer + self.final_norm + self.lm_head
+
+    def counts(self) -> dict[str, int]:
+        """Parameter counts by layer type (per layer for the decoder's own layers)."""
+        out = {"embedding": self.embedding}
+        out.update({n: self.linear_params(n) for n in LINEARS})
+        out.update(norms_per_layer=self.norms_per_layer, final_norm=self.final_norm, lm_head=self.lm_head,
+                   per_layer=self.per_layer, total=self.total)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "params": self.counts()}
+
+
+def llama_1b_config():
+    """Llama 3.2 1B's published shape (config.json of meta-llama/Llama-3.2-1B): 1.24 B params."""
+    from transformers import LlamaConfig
+    return LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                       head_dim=64, intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True,
+                       max_position_embeddings=131072)
+
+
+_SUPPORTED = {"llama", "mistral", "qwen2"}
+
+
+def model_shape(model) -> ModelShape:
+    """The shape of `model`: a RunConfig model string (`bundled`, a local folder, a hub id,
+    or `llama-3.2-1b-shape`) or a transformers PretrainedConfig. Reads config.json only."""
+    from transformers import PretrainedConfig
+    if isinstance(model, PretrainedConfig):
+        cfg, name = model, getattr(model, "name_or_path", "") or model.model_type
+    elif isinstance(model, str) and model == LLAMA_1B_SHAPE:
+        cfg, name = llama_1b_config(), LLAMA_1B_SHAPE
+    elif isinstance(model, str):
+        from transformers import AutoConfig
+
+        from .config import _check_model_id
+        from .models import _hub_error, model_source
+        problems = _check_model_id(model)
+        if problems:
+            raise UserError(problems[0] + f" (or '{LLAMA_1B_SHAPE}' to plan with Llama 3.2 1B's shape)")
+        import os
+        try:
+            cfg = AutoConfig.from_pretrained(model_source(model), token=os.environ.get("HF_TOKEN"),
+                                             trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise _hub_error(model, e) from e
+        name = model
+    else:
+        raise UserError(f"model must be a model name or a transformers config, got {type(model).__name__}")
+
+    mtype = getattr(cfg, "model_type", "?")
+    if mtype not in _SUPPORTED:
+        raise UserError(f"the memory forecast knows Llama-style decoders ({', '.join(sorted(_SUPPORTED))}); "
+                        f"{name} is a '{mtype}' model")
+    heads = cfg.num_attention_heads
+    return ModelShape(
+        name=str(name), model_type=mtype, hidden=cfg.hidden_size, layers=cfg.num_hidden_layers, heads=heads,
+        kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+        intermediate=cfg.intermediate_size, vocab=cfg.vocab_size,
+        tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+        attention_bias=bool(getattr(cfg, "attention_bias", mtype == "qwen2")),
+        mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
+    )
+
+
+# --- the forecast ---------------------------------------------------------------------------
+
+@dataclass
+class Forecast:
+    """Bytes per component; `total_bytes` predicts the measured peak (see module docstring),
+    `needed_bytes` is what must be free on the device."""
+
+    method: str
+    device: str
+    precision: str
+    components: dict[str, int]
+    details: dict[str, Any] = field(default_factory=dict)
+    total_params: int = 0
+    trainable_params: int = 0
+    needed_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.components.values())
+
+    @property
+    def total_mib(self) -> float:
+        return self.total_bytes / MIB
+
+    @property
+    def needed_mib(self) -> float:
+        return self.needed_bytes / MIB
+
+    def mib(self) -> dict[str, float]:
+        return {k: round(v / MIB, 1) for k, v in self.components.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "device": self.device, "precision": self.precision,
+                "total_params": self.total_params, "trainable_params": self.trainable_params,
+                "components_bytes": dict(self.components), "components_mib": self.mib(),
+                "total_bytes": self.total_bytes, "total_mib": round(self.total_mib, 1),
+                "needed_bytes": self.needed_bytes, "needed_mib": round(self.needed_mib, 1),
+                "details": self.details}
+
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _default_device() -> str:
+    from .memory import device_kind
+    return device_kind()
+
+
+def resolve_precision(config: RunConfig, device: str) -> str:
+    """Like models.resolve_precision, for a device that need not be this machine's: `auto` →
+    bf16 on CUDA (fp16 if this machine's GPU lacks bf16), fp32 on CPU."""
+    if config.precision != "auto":
+        return config.precision
+    if device == "cpu":
+        return "fp32"
+    import torch
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return "fp16"
+    return "bf16"
+
+
+def lora_targets(config: RunConfig, shape: ModelShape) -> list[str]:
+    """Linear layer names that get adapters; `all-linear` = q,k,v,o,gate,up,down (not lm_head)."""
+    if config.lora_target_modules == [ALL_LINEAR]:
+        return list(LINEARS)
+    unknown = [t for t in config.lora_target_modules if t not in LINEARS]
+    if unknown:
+        raise UserError(f"lora_target_modules {unknown} are not layers of this model; choose from "
+                        f"{', '.join(LINEARS)} or use 'all-linear'")
+    return [t for t in LINEARS if t in config.lora_target_modules]
+
+
+def lora_params(config: RunConfig, shape: ModelShape) -> int:
+    """LoRA trainable parameters: r*(in+out) per targeted linear (A: r×in, B: out×r), every layer."""
+    dims = shape.linear_dims()
+    return shape.layers * sum(config.lora_r * (dims[t][0] + dims[t][1]) for t in lora_targets(config, shape))
+
+
+def quantized_bytes(numel: int) -> int:
+    """bitsandbytes 4-bit storage: two weights per uint8 byte."""
+    return (numel + 1) // 2
+
+
+def quant_constant_bytes(numel: int, double_quant: bool, c: Constants = DEFAULTS) -> int:
+    """Per quantized tensor of `numel` weights: one absmax per 64-weight block.
+    Without double quantization the absmax is fp32: 4 bytes per block (0.5 bit/weight).
+    With it, absmaxes are 8-bit (1 byte per block) with one fp32 scale per 256 blocks and one
+    fp32 offset per tensor (~0.127 bit/weight): the QLoRA paper's 0.373-bit saving."""
+    blocks = math.ceil(numel / c.quant_block)
+    if not double_quant:
+        return 4 * blocks
+    return blocks + 4 * math.ceil(blocks / c.double_quant_block) + 4
+
+
+def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | None = None,
+             constants: Constants = DEFAULTS) -> Forecast:
+    """Forecast the peak memory of training `config` on `device` (default: this machine's).
+
+    Weights (how build_model stores them):
+      full   every parameter fp32 (master weights, also under bf16/fp16 mixed precision): 4 B.
+      lora   frozen base fp32 on CPU, bf16/fp16 on a GPU with half precision; adapters fp32
+             (peft autocasts half-precision adapters to fp32): r*(in+out) params per target.
+      qlora  decoder linears 4-bit: 0.5 B/param + quantization constants; the rest (embedding,
+             norms, untied lm_head, biases) is cast to fp32 by prepare_model_for_kbit_training
+             whatever the compute dtype; adapters fp32.
+    Gradients: one fp32 value per trainable parameter: 4 B.
+    Optimizer state (per trainable parameter): adamw_torch 8 B (exp_avg, exp_avg_sq, fp32);
+      adamw_8bit 2 B + absmaxes (2*4/256 B), but fp32 (8 B) for tensors under 4096 values and for
+      embeddings (the Trainer registers nn.Embedding for 32-bit state); sgd 0 (no momentum).
+    Optimizer temp: torch AdamW's foreach path on CUDA allocates one scratch copy of all
+      trainable params (sqrt of exp_avg_sq): 4 B/param; on CPU the per-tensor loop needs one
+      scratch of the largest tensor.
+    Autocast copies: with bf16/fp16 autocast on CUDA the half-precision casts of fp32 trainable
+      linear weights are cached for the step: 2 B per such param (full: all linears and lm_head).
+    Activations: see `activation_bytes`. Logits/loss: batch*seq*vocab*4 B*logits_copies.
+    Overhead: CPU process baseline; on CUDA the cuBLAS workspace (+ for QLoRA one dequantized
+      linear weight in compute dtype).
+    """
+    c = constants
+    if shape is None:
+        shape = model_shape(config.model)
+    device = device or _default_device()
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"device must be cpu or cuda, got {device!r}")
+    precision = resolve_precision(config, device)
+    half = precision in ("bf16", "fp16") and device == "cuda"
+    compute = (_DTYPE_BYTES[config.compute_dtype] if config.compute_dtype != "auto"
+               else (2 if precision in ("bf16", "fp16") else 4))
+
+    total_params = shape.total
+    linears = shape.linear_total
+    non_linear = total_params - linears  # embedding, norms, final norm, untied lm_head
+    by_dtype: dict[str, int] = {}
+
+    def add(dtype: str, nbytes: int) -> None:
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + nbytes
+
+    comp = dict.fromkeys(COMPONENTS, 0)
+    method = config.method
+    if method == "full":
+        trainable = total_params
+        comp["weights_trainable"] = 4 * total_params
+        add("fp32", 4 * total_params)
+        # (tensor sizes, embedding?) for the optimizer rules
+        tensors = [(shape.embedding, True)] + [(shape.lm_head, False)] * (shape.lm_head > 0) \
+            + [(shape.linear_params(n), False) for n in LINEARS for _ in range(shape.layers)] \
+            + [(shape.hidden, False)] * (2 * shape.layers + 1)
+        if half:
+            cached = linears + (shape.vocab * shape.hidden)  # lm_head (tied or not) is a Linear
+            comp["autocast_copies"] = 2 * cached
+    elif method in ("lora", "qlora"):
+        trainable = lora_params(config, shape)
+        comp["weights_trainable"] = 4 * trainable
+        add("fp32 (adapters)", 4 * trainable)
+        dims = shape.linear_dims()
+        tensors = [(config.lora_r * dims[t][0], False) for t in lora_targets(config, shape)] \
+            + [(config.lora_r * dims[t][1], False) for t in lora_targets(config, shape)]
+        tensors = tensors * shape.layers
+        if method == "lora":
+            base = 2 if half else 4
+            comp["weights_frozen"] = base * total_params
+            add("bf16" if base == 2 and precision == "bf16" else "fp16" if base == 2 else "fp32", base * total_params)
+            if half:
+                comp["autocast_copies"] = 2 * trainable
+        else:
+            per_layer = [shape.linear_params(n) - shape.linear_bias(n) for n in LINEARS]
+            biases = shape.layers * sum(shape.linear_bias(n) for n in LINEARS)
+            q_weights = shape.layers * sum(per_layer)
+            comp["weights_frozen"] = shape.layers * sum(quantized_bytes(n) for n in per_layer) \
+                + 4 * (non_linear + biases)
+            add(f"{config.quant_type} (4-bit)", shape.layers * sum(quantized_bytes(n) for n in per_layer))
+            add("fp32 (embedding, norms, head)", 4 * (non_linear + biases))
+            comp["quant_constants"] = shape.layers * sum(quant_constant_bytes(n, config.double_quant, c)
+                                                         for n in per_layer)
+            if half:
+                comp["autocast_copies"] = 2 * trainable
+            # one linear dequantized to the compute dtype at a time, forward and backward
+            comp["runtime_overhead"] += compute * max(per_layer)
+            by_dtype["quantized weights"] = q_weights
+    else:
+        raise UserError(f"method must be full, lora or qlora, got {method!r}")
+
+    comp["gradients"] = 4 * trainable
+    if config.optimizer == "adamw_torch":
+        comp["optimizer_state"] = 8 * trainable
+        comp["optimizer_temp"] = 4 * (trainable if device == "cuda" else max(n for n, _ in tensors))
+    elif config.optimizer == "adamw_8bit":
+        state = 0
+        for n, is_embedding in tensors:
+            if is_embedding or n < c.adam8bit_min_size:
+                state += 8 * n
+            else:
+                state += 2 * n + 2 * 4 * math.ceil(n / c.adam8bit_block)
+        comp["optimizer_state"] = state
+    elif config.optimizer != "sgd":
+        raise UserError(f"optimizer must be adamw_torch, adamw_8bit or sgd, got {config.optimizer!r}")
+
+    tokens = config.batch_size * config.max_seq_len
+    comp["activations"] = activation_bytes(config, shape, tokens, device, precision, c)
+    comp["logits_loss"] = int(tokens * shape.vocab * 4 * c.logits_copies)
+    if device == "cpu":
+        comp["runtime_overhead"] += c.cpu_process_baseline
+    else:
+        comp["runtime_overhead"] += c.cuda_workspace
+
+    comp = {k: int(v) for k, v in comp.items()}
+    fc = Forecast(method=method, device=device, precision=precision, components=comp,
+                  total_params=total_params, trainable_params=trainable,
+                  details={"weights_by_dtype": by_dtype, "tokens_per_batch": tokens,
+                           "activation_checkpointing": config.activation_checkpointing,
+                           "optimizer": config.optimizer, "batch_size": config.batch_size,
+                           "max_seq_len": config.max_seq_len, "lora_r": config.lora_r
+                           if method != "full" else None})
+    fc.needed_bytes = fc.total_bytes if device == "cpu" else \
+        int(fc.total_bytes * (1 + c.cuda_fragmentation)) + c.cuda_context
+    return fc
+
+
+def _activation_elements(config: RunConfig, shape: ModelShape,
+                         c: Constants = DEFAULTS) -> tuple[float, float]:
+    """(hidden-sized elements, other elements) saved per layer per token.
+
+    A Llama decoder layer keeps for backward (h hidden, q = heads*head_dim, I intermediate):
+      base trains (full):  act_h_trainable*h + act_q_attention*q + act_i_trainable*I
+                           = 6h + 4q + 4I
+      base frozen (LoRA):  act_h_frozen*h + act_q_attention*q + act_i_frozen*I = 1.5h + 4q + 3I,
+        plus the adapters' inputs, shared by adapters that read the same tensor: q/k/v read
+        the first norm's output (h), gate/up the second's (h), o_proj the attention output
+        (already counted), down_proj the silu*up product (I); plus r per adapter (A's output);
+        plus, with lora_dropout > 0, lora_dropout_copies * in per adapted linear.
+    """
+    h, q, i = shape.hidden, shape.q_dim, shape.intermediate
+    if config.method == "full":
+        return c.act_h_trainable * h, c.act_q_attention * q + c.act_i_trainable * i
+    hidden = c.act_h_frozen * h
+    other = c.act_q_attention * q + c.act_i_frozen * i
+    dims = shape.linear_dims()
+    targets = lora_targets(config, shape)
+    shared = {"q_proj": ("n1", h), "k_proj": ("n1", h), "v_proj": ("n1", h), "o_proj": ("attn", 0),
+              "gate_proj": ("n2", h), "up_proj": ("n2", h), "down_proj": ("m", i)}
+    inputs = dict(shared[t] for t in targets)
+    hidden += inputs.get("n1", 0) + inputs.get("n2", 0)
+    other += inputs.get("m", 0) + config.lora_r * len(targets)
+    if config.lora_dropout > 0:
+        other += c.lora_dropout_copies * sum(dims[t][0] for t in targets)
+    return hidden, other
+
+
+def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: str, precision: str,
+                     constants: Constants = DEFAULTS) -> int:
+    """Activations alive at the peak for one micro-batch (tokens = batch_size * max_seq_len).
+
+    per layer = tokens * (hidden elements * residual bytes + other elements * act bytes)
+                + batch * seq^2 * mask_bytes (the attention mask SDPA keeps, per layer)
+    without checkpointing:  (layers + backward_layers) * per layer + final norm
+    with checkpointing:     layers * tokens * h * residual bytes (each layer's input, kept by
+                            the checkpoint) + (1 + backward_layers) * per layer (one layer
+                            recomputed in backward, and its gradients) + final norm
+    act bytes: 4 in fp32; 2 with bf16/fp16 autocast on CUDA. residual bytes: the residual
+    stream's dtype, fp32 for full (fp32 master weights) and QLoRA (fp32 embedding and norms),
+    the base dtype for LoRA.
+    """
+    c = constants
+    hidden, other = _activation_elements(config, shape, c)
+    half = device == "cuda" and precision in ("bf16", "fp16")
+    act = 2 if half else 4
+    residual = 4 if (not half or config.method in ("full", "qlora")) else 2
+    mask = c.mask_bytes / (2 if half else 1)
+    h = shape.hidden
+    seq = config.max_seq_len
+    per_layer = tokens * (hidden * residual + other * act) + config.batch_size * seq * seq * mask
+    final = tokens * h * residual * (c.act_final_h_trainable if config.method == "full"
+                                     else c.act_final_h_frozen)
+    if config.activation_checkpointing:
+        total = shape.layers * tokens * h * residual + (1 + c.backward_layers) * per_layer + final
+    else:
+        total = (shape.layers + c.backward_layers) * per_layer + final
+    return int(total)
+
+
+# --- what is available, and whether it fits ---------------------------------------------------
+
+def available_memory(device: str | None = None) -> tuple[str, int | None, str]:
+    """(device, free bytes, label): the GPU with the most free memory (NVML via
+    hardware.gpu_readings), else the system RAM available (psutil). bytes is None when a
+    CUDA forecast is asked for on a machine with no visible NVIDIA GPU."""
+    import psutil
+
+    from .hardware import gpu_readings
+    if device in (None, "cuda"):
+        gpus = gpu_readings()
+        if gpus:
+            g = max(gpus, key=lambda r: r.total_mib - r.used_mib)
+            free = int((g.total_mib - g.used_mib) * MIB)
+            return "cuda", free, f"GPU {g.index} {g.name}: {free / MIB:,.0f} MiB free of {g.total_mib:,.0f} MiB"
+        if device == "cuda":
+            return "cuda", None, "no NVIDIA GPU visible here (NVML): cannot compare with free GPU memory"
+    vm = psutil.virtual_memory()
+    return "cpu", int(vm.available), f"system RAM: {vm.available / MIB:,.0f} MiB available of {vm.total / MIB:,.0f} MiB"
+
+
+def _available_bytes(available) -> int | None:
+    if isinstance(available, tuple):
+        return available[1]
+    return available
+
+
+def verdict(fc: Forecast, available, constants: Constants = DEFAULTS) -> str:
+    """`fits` (needed ≤ 85% of available), `tight` (85-100%), `will not fit` (> available).
+    `available`: bytes, or the tuple `available_memory` returns; `unknown` when it is None."""
+    avail = _available_bytes(available)
+    if avail is None:
+        return "unknown"
+    if fc.needed_bytes > avail:
+        return "will not fit"
+    if fc.needed_bytes > constants.tight_fraction * avail:
+        return "tight"
+    return "fits"
+
+
+def _candidates(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
+    """Single changes, cheapest (least effect on results and speed) first."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    if not config.activation_checkpointing:
+        out.append(("turn on activation checkpointing (~20-30% slower, same result)",
+                    {"activation_checkpointing": True}))
+    if config.method == "full" and config.optimizer == "adamw_torch":
+        out.append(("use the 8-bit AdamW optimizer (adamw_8bit)", {"optimizer": "adamw_8bit"}))
+    if config.batch_size >= 2:
+        b = config.batch_size // 2
+        out.append((f"halve the batch to {b} and double grad_accum to {config.grad_accum * 2} "
+                    f"(same effective batch)", {"batch_size": b, "grad_accum": config.grad_accum * 2}))
+    if config.method == "full":
+        out.append(("use lora instead of full fine-tuning", {"method": "lora"}))
+    if config.method == "lora":
+        out.append(("use qlora (4-bit base) instead of lora", {"method": "qlora"}))
+    if config.max_seq_len >= 32:
+        s = max(16, config.max_seq_len // 2)
+        out.append((f"shorten max_seq_len to {s} (longer rows are cut)", {"max_seq_len": s}))
+    return out
+
+
+def suggestions(config: RunConfig, shape: ModelShape | None, available,
+                constants: Constants = DEFAULTS) -> list[tuple[str, RunConfig, Forecast]]:
+    """When `config` does not fit, changes that lower its forecast, each with its new forecast.
+
+    Only changes that change something and lower the total are kept. If some single changes
+    make the run fit, only those are returned (cheapest first); otherwise every lowering change,
+    followed by all of them combined."""
+    shape = shape or model_shape(config.model)
+    device = available[0] if isinstance(available, tuple) else None
+    base = forecast(config, shape, device, constants)
+    if verdict(base, available, constants) in ("fits", "unknown"):
+        return []
+    lowering = []
+    for desc, change in _candidates(config):
+        new = config.replace(**change)
+        if new == config:
+            continue
+        fc = forecast(new, shape, base.device, constants)
+        if fc.total_bytes < base.total_bytes:
+            lowering.append((desc, new, fc))
+    fitting = [s for s in lowering if verdict(s[2], available, constants) != "will not fit"]
+    if fitting:
+        return fitting
+    if len(lowering) > 1:
+        combined = config
+        for _, new, _ in lowering:
+            combined = combined.replace(**{k: getattr(new, k) for k in
+                                           ("activation_checkpointing", "optimizer", "batch_size",
+                                            "grad_accum", "method", "max_seq_len")
+                                           if getattr(new, k) != getattr(config, k)})
+        fc = forecast(combined, shape, base.device, constants)
+        if fc.total_bytes < min(s[2].total_bytes for s in lowering):
+            lowering.append(("all of the above together", combined, fc))
+    return lowering
