@@ -1,4 +1,4 @@
-"""`python -m ft_engine train | chat | runs | export | resume`.
+"""`python -m ft_engine train | chat | runs | export | resume | plan`.
 
 Bad input of any kind ends with one message on stderr and exit code 2, never a traceback.
 `train` exits 0 only when the run completed.
@@ -57,6 +57,22 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("resume", help="continue an interrupted or stopped run from its last checkpoint")
     s.add_argument("run_dir")
+
+    pl = sub.add_parser("plan", help="forecast the memory a run needs, and whether it fits here",
+                        description="Forecast peak memory from the model's config alone (no weights loaded).")
+    pl.add_argument("--model", default="bundled",
+                    help=FIELD_DOCS.get("model", "") + " Also: llama-3.2-1b-shape (Llama 3.2 1B's shape, no download).")
+    pl.add_argument("--method", default="lora", choices=["full", "lora", "qlora", "all"],
+                    help="full, lora, qlora, or all (side by side)")
+    pl.add_argument("--batch-size", type=int, default=None, help=FIELD_DOCS.get("batch_size", ""))
+    pl.add_argument("--max-seq-len", type=int, default=None, help=FIELD_DOCS.get("max_seq_len", ""))
+    pl.add_argument("--lora-r", type=int, default=None, help=FIELD_DOCS.get("lora_r", ""))
+    pl.add_argument("--activation-checkpointing", action="store_true", default=None,
+                    help=FIELD_DOCS.get("activation_checkpointing", ""))
+    pl.add_argument("--optimizer", default=None, help=FIELD_DOCS.get("optimizer", ""))
+    pl.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                    help="device to plan for (default: this machine's)")
+    pl.add_argument("--json", action="store_true", help="print a JSON object")
     return p
 
 
@@ -128,13 +144,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    import json
+
+    from .config import BUNDLED_MODEL
+    from .forecast import LLAMA_1B_SHAPE, format_plan, plan
+    values = {k: getattr(args, k) for k in ("model", "batch_size", "max_seq_len", "lora_r",
+                                            "activation_checkpointing", "optimizer")
+              if getattr(args, k) is not None}
+    cfg = RunConfig.from_dict(values)
+    # the built-in shape is not a model id RunConfig knows; check every other setting
+    cfg.replace(model=BUNDLED_MODEL if cfg.model == LLAMA_1B_SHAPE else cfg.model).validate(check_paths=False)
+    methods = ["full", "lora", "qlora"] if args.method == "all" else [args.method]
+    report = plan(cfg, methods, args.device)
+    print(json.dumps(report, indent=2) if args.json else format_plan(report))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("FT_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     if args.command in ("train", "resume"):
         logging.getLogger("ft_engine").setLevel(logging.INFO)  # one progress line per logging step
     handlers = {"train": cmd_train, "chat": cmd_chat, "runs": cmd_runs, "export": cmd_export,
-                "resume": cmd_resume}
+                "resume": cmd_resume, "plan": cmd_plan}
     try:
         return handlers[args.command](args)
     except UserError as e:

@@ -84,7 +84,11 @@ class Constants:
     CPU; halved with half-precision activations)."""
     backward_layers: float = 1.0
     """layers' worth of activations alive on top of the saved ones during backward (the
-    gradients of one layer's intermediate tensors)."""
+    gradients of one layer's intermediate tensors), base trains (measured: ~1)."""
+    backward_layers_frozen: float = 3.5
+    """the same with a frozen base and LoRA adapters: measured ~3.5 on CPU (gradients of the
+    shared inputs accumulate over base and adapter paths, and the CPU allocator keeps freed
+    blocks); to recheck on a GPU."""
     logits_copies: float = 3.0
     """fp32 batch*seq*vocab tensors alive around the loss: logits upcast to fp32, log-softmax
     saved for backward, and its gradient."""
@@ -514,13 +518,13 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
 
     per layer = tokens * (hidden elements * residual bytes + other elements * act bytes)
                 + batch * seq^2 * mask_bytes (the attention mask SDPA keeps, per layer)
-    without checkpointing:  (layers + backward_layers) * per layer + final norm
+    without checkpointing:  (layers + backward) * per layer + final norm
     with checkpointing:     layers * tokens * h * residual bytes (each layer's input, kept by
-                            the checkpoint) + (1 + backward_layers) * per layer (one layer
+                            the checkpoint) + (1 + backward) * per layer (one layer
                             recomputed in backward, and its gradients) + final norm
     act bytes: 4 in fp32; 2 with bf16/fp16 autocast on CUDA. residual bytes: the residual
     stream's dtype, fp32 for full (fp32 master weights) and QLoRA (fp32 embedding and norms),
-    the base dtype for LoRA.
+    the base dtype for LoRA. backward: backward_layers (full) or backward_layers_frozen.
     """
     c = constants
     hidden, other = _activation_elements(config, shape, c)
@@ -533,10 +537,11 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     per_layer = tokens * (hidden * residual + other * act) + config.batch_size * seq * seq * mask
     final = tokens * h * residual * (c.act_final_h_trainable if config.method == "full"
                                      else c.act_final_h_frozen)
+    backward = c.backward_layers if config.method == "full" else c.backward_layers_frozen
     if config.activation_checkpointing:
-        total = shape.layers * tokens * h * residual + (1 + c.backward_layers) * per_layer + final
+        total = shape.layers * tokens * h * residual + (1 + backward) * per_layer + final
     else:
-        total = (shape.layers + c.backward_layers) * per_layer + final
+        total = (shape.layers + backward) * per_layer + final
     return int(total)
 
 
@@ -604,11 +609,14 @@ def _candidates(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
 
 def suggestions(config: RunConfig, shape: ModelShape | None, available,
                 constants: Constants = DEFAULTS) -> list[tuple[str, RunConfig, Forecast]]:
-    """When `config` does not fit, changes that lower its forecast, each with its new forecast.
+    """When `config` will not fit (or is tight), changes that lower its forecast, each with its
+    new forecast. `available`: bytes, or the tuple `available_memory` returns.
 
-    Only changes that change something and lower the total are kept. If some single changes
-    make the run fit, only those are returned (cheapest first); otherwise every lowering change,
-    followed by all of them combined."""
+    Candidates (cheapest first): activation checkpointing, adamw_8bit (full), half the batch
+    with double grad_accum, lora instead of full / qlora instead of lora, half the max_seq_len.
+    Only changes that change something and lower the total are kept. If some make the run
+    `fits`, only those are returned; else those that make it `tight`; else every lowering
+    change, followed by all of them combined."""
     shape = shape or model_shape(config.model)
     device = available[0] if isinstance(available, tuple) else None
     base = forecast(config, shape, device, constants)
@@ -622,9 +630,10 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
         fc = forecast(new, shape, base.device, constants)
         if fc.total_bytes < base.total_bytes:
             lowering.append((desc, new, fc))
-    fitting = [s for s in lowering if verdict(s[2], available, constants) != "will not fit"]
-    if fitting:
-        return fitting
+    for good in ("fits", "tight"):
+        fitting = [s for s in lowering if verdict(s[2], available, constants) == good]
+        if fitting:
+            return fitting
     if len(lowering) > 1:
         combined = config
         for _, new, _ in lowering:
@@ -636,3 +645,73 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
         if fc.total_bytes < min(s[2].total_bytes for s in lowering):
             lowering.append(("all of the above together", combined, fc))
     return lowering
+
+
+# --- the `plan` report (command line) ---------------------------------------------------------
+
+COMPONENT_LABELS = {
+    "weights_frozen": "weights (frozen)", "weights_trainable": "weights (trainable)",
+    "quant_constants": "quantization constants", "gradients": "gradients",
+    "optimizer_state": "optimizer state", "optimizer_temp": "optimizer step scratch",
+    "autocast_copies": "autocast weight copies", "activations": "activations",
+    "logits_loss": "logits + loss", "runtime_overhead": "runtime overhead",
+}
+
+
+def plan(config: RunConfig, methods: list[str], device: str | None = None) -> dict[str, Any]:
+    """Forecast, verdict and suggestions for each method: the data behind `plan`."""
+    shape = model_shape(config.model)
+    avail = available_memory(device)
+    out: dict[str, Any] = {
+        "model": config.model, "shape": shape.to_dict(),
+        "available": {"device": avail[0], "bytes": avail[1],
+                      "mib": None if avail[1] is None else round(avail[1] / MIB, 1), "label": avail[2]},
+        "methods": {},
+    }
+    for method in methods:
+        cfg = config.replace(method=method)
+        fc = forecast(cfg, shape, avail[0])
+        out["methods"][method] = {
+            **fc.to_dict(), "verdict": verdict(fc, avail),
+            "suggestions": [{"change": d, "total_mib": round(f.total_mib, 1), "needed_mib": round(f.needed_mib, 1),
+                             "verdict": verdict(f, avail),
+                             "config": {k: v for k, v in c.to_dict().items() if v != cfg.to_dict()[k]}}
+                            for d, c, f in suggestions(cfg, shape, avail)],
+        }
+    return out
+
+
+def format_plan(report: dict[str, Any]) -> str:
+    """The human-readable `plan` output: one row per component (MiB), one column per method."""
+    methods = list(report["methods"])
+    s = report["shape"]
+    lines = [f"model: {report['model']}  ({s['params']['total']:,} parameters; hidden {s['hidden']}, "
+             f"{s['layers']} layers, {s['heads']} heads / {s['kv_heads']} kv, intermediate {s['intermediate']}, "
+             f"vocab {s['vocab']}{', tied embeddings' if s['tied_embeddings'] else ''})"]
+    first = report["methods"][methods[0]]
+    d = first["details"]
+    lines.append(f"device: {first['device']} ({first['precision']}); batch {d['batch_size']} x seq "
+                 f"{d['max_seq_len']} = {d['tokens_per_batch']:,} tokens; optimizer {d['optimizer']}; "
+                 f"activation checkpointing {'on' if d['activation_checkpointing'] else 'off'}")
+    width = max(len(v) for v in COMPONENT_LABELS.values()) + 2
+    lines.append("")
+    lines.append(f"{'MiB':<{width}}" + "".join(f"{m:>12}" for m in methods))
+    for key, label in COMPONENT_LABELS.items():
+        lines.append(f"{label:<{width}}" + "".join(f"{report['methods'][m]['components_mib'][key]:>12,.1f}"
+                                                   for m in methods))
+    lines.append("-" * (width + 12 * len(methods)))
+    lines.append(f"{'total (peak)':<{width}}" + "".join(f"{report['methods'][m]['total_mib']:>12,.1f}"
+                                                        for m in methods))
+    if first["device"] == "cuda":
+        lines.append(f"{'needed free (+ctx, frag.)':<{width}}"
+                     + "".join(f"{report['methods'][m]['needed_mib']:>12,.1f}" for m in methods))
+    lines.append(f"{'trainable params':<{width}}" + "".join(f"{report['methods'][m]['trainable_params']:>12,}"
+                                                            for m in methods))
+    lines.append("")
+    lines.append(f"available: {report['available']['label']}")
+    for m in methods:
+        r = report["methods"][m]
+        lines.append(f"{m}: verdict: {r['verdict']}")
+        for sug in r["suggestions"]:
+            lines.append(f"    - {sug['change']}: {sug['total_mib']:,.1f} MiB ({sug['verdict']})")
+    return "\n".join(lines)

@@ -1,0 +1,261 @@
+"""The memory forecast: exact parameter counts, hand-computed byte counts, a forecast checked
+against a measured CPU run, the `plan` command and the suggestions."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig, LlamaConfig
+
+from ft_engine import forecast as fcm
+from ft_engine.cli import main
+from ft_engine.config import RunConfig
+from ft_engine.errors import UserError
+from ft_engine.forecast import MIB, forecast, model_shape, suggestions, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 1024 * MIB
+
+
+def tiny_config(tied: bool = False) -> LlamaConfig:
+    return LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+
+
+def real_count(config) -> int:
+    import torch
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(0)
+    return sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+
+
+# --- parameter counts ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_counts_exact_vs_real_model(tied):
+    cfg = tiny_config(tied)
+    shape = model_shape(cfg)
+    assert shape.total == real_count(cfg)
+    assert shape.lm_head == (0 if tied else 400 * 64)
+    c = shape.counts()
+    assert (c["embedding"], c["q_proj"], c["k_proj"], c["v_proj"], c["o_proj"]) == (25600, 4096, 2048, 2048, 4096)
+    assert (c["gate_proj"], c["up_proj"], c["down_proj"], c["norms_per_layer"]) == (8192, 8192, 8192, 128)
+
+
+def test_counts_exact_for_gqa_head_dim_and_bias():
+    cfg = LlamaConfig(vocab_size=300, hidden_size=120, intermediate_size=224, num_hidden_layers=3,
+                      num_attention_heads=5, num_key_value_heads=1, head_dim=32, attention_bias=True,
+                      mlp_bias=True)
+    assert model_shape(cfg).total == real_count(cfg)
+
+
+def test_counts_of_tiny_model_folder(tiny_model):
+    assert model_shape(tiny_model).total == real_count(AutoConfig.from_pretrained(tiny_model))
+
+
+def test_bundled_config_count():
+    from ft_engine.models import model_source
+    folder = Path(model_source("bundled"))
+    if not (folder / "config.json").is_file():
+        pytest.skip("bundled model folder not available")
+    cfg = AutoConfig.from_pretrained(folder)  # config.json only, no weights
+    assert model_shape(cfg).total == 134_515_008
+    assert model_shape("bundled").total == 134_515_008
+
+
+def test_llama_1b_shape():
+    shape = model_shape("llama-3.2-1b-shape")
+    assert shape.total == 1_235_814_400  # Llama 3.2 1B's published parameter count
+    assert (shape.kv_heads, shape.head_dim, shape.tied_embeddings) == (8, 64, True)
+
+
+def test_bad_models():
+    with pytest.raises(UserError, match="Llama-style"):
+        model_shape(AutoConfig.for_model("gpt2"))
+    with pytest.raises(UserError, match="not found|neither"):
+        model_shape("./no/such/folder")
+
+
+# --- byte counts, by hand -------------------------------------------------------------------
+
+P = 125_248            # 25600 + 2 * 36992 + 64 + 25600 (untied tiny config)
+LORA_P = 2 * (4 * (64 + 64) * 2 + 4 * (64 + 32) * 2 + 4 * (64 + 128) * 3)  # r=4, all-linear: 8192
+
+
+def test_full_bytes():
+    shape = model_shape(tiny_config())
+    assert shape.total == P
+    f = forecast(RunConfig(method="full", optimizer="adamw_torch"), shape, "cpu")
+    assert f.components["weights_trainable"] == 4 * P and f.components["weights_frozen"] == 0
+    assert f.components["gradients"] == 4 * P
+    assert f.components["optimizer_state"] == 8 * P
+    assert f.trainable_params == P
+    sgd = forecast(RunConfig(method="full", optimizer="sgd"), shape, "cpu")
+    assert sgd.components["optimizer_state"] == 0 and sgd.total_bytes < f.total_bytes
+    # on a GPU with bf16 the master weights stay fp32
+    assert forecast(RunConfig(method="full"), shape, "cuda").components["weights_trainable"] == 4 * P
+
+
+def test_lora_bytes():
+    shape = model_shape(tiny_config())
+    cfg = RunConfig(method="lora", lora_r=4, lora_target_modules=["all-linear"])
+    assert LORA_P == 8192 and fcm.lora_params(cfg, shape) == LORA_P
+    f = forecast(cfg, shape, "cpu")
+    assert f.components["weights_frozen"] == 4 * P  # fp32 base on CPU
+    assert f.components["weights_trainable"] == 4 * LORA_P
+    assert f.components["gradients"] == 4 * LORA_P
+    assert f.components["optimizer_state"] == 8 * LORA_P
+    assert forecast(cfg, shape, "cuda").components["weights_frozen"] == 2 * P  # bf16 base on a GPU
+    # targets by name: q and v only
+    qv = cfg.replace(lora_target_modules=["q_proj", "v_proj"])
+    assert fcm.lora_params(qv, shape) == 2 * (4 * (64 + 64) + 4 * (64 + 32))
+
+
+def test_lora_real_count_matches_peft():
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(0)
+    m = get_peft_model(LlamaForCausalLM(tiny_config()),
+                       LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    assert trainable == LORA_P
+
+
+def test_qlora_bytes():
+    shape = model_shape(tiny_config())
+    linear = 2 * 36_864                          # q,k,v,o,gate,up,down weights, 2 layers
+    rest = P - linear                            # embedding, norms, lm_head: fp32
+    for dq, constants in ((False, 2 * 4 * (64 + 32 + 32 + 64 + 3 * 128)),   # fp32 absmax per 64
+                          (True, 2 * (72 + 40 + 40 + 72 + 3 * 136))):       # 8-bit absmax + fp32/256 + offset
+        cfg = RunConfig(method="qlora", lora_r=4, double_quant=dq)
+        f = forecast(cfg, shape, "cuda")
+        assert f.components["weights_frozen"] == linear // 2 + 4 * rest
+        assert f.components["quant_constants"] == constants
+        assert f.components["weights_trainable"] == 4 * LORA_P
+    assert fcm.quant_constant_bytes(64 * 256 * 3, True) == 768 + 4 * 3 + 4
+
+
+def test_activation_checkpointing_and_batch_lower_activations():
+    shape = model_shape(tiny_config())
+    for method in ("full", "lora", "qlora"):
+        cfg = RunConfig(method=method, batch_size=8, max_seq_len=512)
+        base = forecast(cfg, shape, "cpu").components["activations"]
+        assert forecast(cfg.replace(activation_checkpointing=True), shape, "cpu").components["activations"] < base
+        half = forecast(cfg.replace(batch_size=4), shape, "cpu").components["activations"]
+        assert half < base
+        assert forecast(cfg, shape, "cpu").components["logits_loss"] == 8 * 512 * 400 * 4 * 3
+
+
+# --- forecast vs a measured run -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def measured_model(tmp_path_factory):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_model import make_tiny_model
+    return make_tiny_model(tmp_path_factory.mktemp("fc") / "m256x4", hidden=256, layers=4)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_forecast_close_to_measured_cpu_run(measured_model, tmp_path, method):
+    import random
+    rnd = random.Random(0)
+    words = "the capital of france is paris two plus four explain plants light water sugar".split()
+    data = tmp_path / "docs.txt"
+    data.write_text("\n\n".join(" ".join(rnd.choice(words) for _ in range(1500)) for _ in range(32)) + "\n")
+    cfg = RunConfig(model=str(measured_model), data=str(data), data_format="text", train_on_prompt=True,
+                    method=method, batch_size=8, max_seq_len=512, max_steps=3, checkpoint_steps=0,
+                    runs_dir=str(tmp_path / "runs"))
+    (tmp_path / "run.yaml").write_text(cfg.to_yaml())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-m", "ft_engine", "train", "--config", str(tmp_path / "run.yaml")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    status = json.loads((Path(r.stdout.strip().splitlines()[-1]) / "status.json").read_text())
+    assert status["mem_device"] == "cpu"
+    predicted = forecast(cfg, model_shape(str(measured_model)), "cpu").total_mib
+    measured = status["mem_peak_mib"]
+    print(f"{method}: forecast {predicted:.1f} MiB, measured {measured:.1f} MiB")
+    assert abs(predicted - measured) <= 0.25 * measured, (predicted, measured)
+
+
+# --- plan (command line) --------------------------------------------------------------------
+
+def plan_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "ft_engine", "plan", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_plan_llama_1b_json_all_methods():
+    r = plan_cli("--model", "llama-3.2-1b-shape", "--method", "all", "--batch-size", 4, "--max-seq-len", 512,
+                 "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    m = report["methods"]
+    assert set(m) == {"full", "lora", "qlora"}
+    assert m["full"]["total_bytes"] > 16 * GIB   # fp32 AdamW: ~16 bytes/param x 1.24 B params
+    w = {k: v["components_bytes"]["weights_frozen"] + v["components_bytes"]["weights_trainable"]
+         for k, v in m.items()}
+    assert w["qlora"] < w["lora"]  # (on CPU a LoRA base is fp32 like full; adapters add a little)
+    assert m["lora"]["trainable_params"] < m["full"]["trainable_params"] == 1_235_814_400
+    assert report["shape"]["params"]["total"] == 1_235_814_400
+    for v in m.values():
+        assert v["verdict"] in ("fits", "tight", "will not fit")
+        assert sum(v["components_bytes"].values()) == v["total_bytes"]
+
+
+def test_plan_human_output(capsys):
+    assert main(["plan", "--model", "llama-3.2-1b-shape", "--method", "all", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict:" in out and "total (peak)" in out and "optimizer state" in out
+    assert all(m in out for m in ("full", "lora", "qlora"))
+    assert main(["plan", "--model", "llama-3.2-1b-shape", "--method", "qlora", "--lora-r", "8",
+                 "--activation-checkpointing", "--optimizer", "adamw_8bit"]) == 0
+    assert "verdict:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--batch-size", "0"], "batch_size must be >= 1"),
+    (["--optimizer", "adam"], "optimizer must be one of"),
+    (["--model", "./no/such/model"], "not found"),
+    (["--max-seq-len", "8"], "max_seq_len must be between"),
+])
+def test_plan_bad_input(args, expected, capsys):
+    assert main(["plan", "--model", "llama-3.2-1b-shape", *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+# --- verdict and suggestions ----------------------------------------------------------------
+
+def test_verdict_thresholds():
+    f = forecast(RunConfig(method="lora"), model_shape(tiny_config()), "cpu")
+    assert verdict(f, f.needed_bytes * 2) == "fits"
+    assert verdict(f, int(f.needed_bytes / 0.9)) == "tight"
+    assert verdict(f, f.needed_bytes - 1) == "will not fit"
+    assert verdict(f, ("cuda", None, "no GPU")) == "unknown"
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_suggestions_lower_the_total(method):
+    shape = model_shape("llama-3.2-1b-shape")
+    cfg = RunConfig(method=method, batch_size=8, max_seq_len=1024)
+    for device in ("cpu", "cuda"):
+        base = forecast(cfg, shape, device)
+        available = (device, int(base.needed_bytes * 0.7), "fake")
+        assert verdict(base, available) == "will not fit"
+        found = suggestions(cfg, shape, available)
+        assert found
+        for desc, new, fc in found:
+            assert new != cfg and fc.total_bytes < base.total_bytes and desc
+        # a run that fits needs no suggestion
+        assert suggestions(cfg, shape, (device, base.needed_bytes * 10, "fake")) == []
+
+
+def test_available_memory():
+    device, free, label = fcm.available_memory()
+    assert device in ("cpu", "cuda") and free > 0 and label
