@@ -469,3 +469,18 @@ def test_run_finds_a_real_run(trained):
     assert studio.run(run.run_id).path == run.path.resolve()
     assert [r.run_id for r in studio.runs()] == [run.run_id, trained[2].run_id]
     assert studio.latest_run_id() == trained[2].run_id
+
+
+def test_every_run_setting_has_a_widget_somewhere():
+    """Every RunConfig field is set by a studio widget: the Advanced accordion, the Data tab
+    (data settings), the Train tab's top (model, method, run name), or by the server (runs_dir)."""
+    import dataclasses
+
+    from ft_engine.config import RunConfig
+    from ui.form import ADVANCED_FIELDS
+    elsewhere = {"data", "data_format", "max_seq_len", "val_fraction", "train_on_prompt",  # Data tab
+                 "model", "method", "run_name",  # top of the Train tab
+                 "runs_dir"}  # the server's FT_RUNS_DIR, never a user value
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert fields == set(ADVANCED_FIELDS) | elsewhere
+    assert not set(ADVANCED_FIELDS) & elsewhere

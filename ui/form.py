@@ -18,7 +18,7 @@ ADVANCED_FIELDS = [
     "learning_rate", "max_steps", "epochs", "batch_size", "grad_accum",
     "warmup_ratio", "scheduler", "weight_decay", "max_grad_norm", "optimizer",
     "activation_checkpointing", "seed", "logging_steps", "eval_steps",
-    "checkpoint_steps", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    "checkpoint_steps", "checkpoints_kept", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
     "quant_type", "double_quant", "compute_dtype", "precision",
 ]
 
@@ -85,7 +85,7 @@ def config_from_form(values: dict[str, Any]) -> RunConfig:
     """
     v = {k: val for k, val in values.items() if val is not None and val != ""}
     for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "seed", "logging_steps",
-                "eval_steps", "checkpoint_steps", "lora_r", "lora_alpha"):
+                "eval_steps", "checkpoint_steps", "checkpoints_kept", "lora_r", "lora_alpha"):
         if key in v:
             v[key] = _int(v[key])
     targets = v.get("lora_target_modules")
