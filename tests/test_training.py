@@ -192,13 +192,11 @@ def test_merged_model_gives_the_adapters_outputs(tiny_model, chat_file, runs_dir
     ids = load_tokenizer(tiny_model)("The capital of Zubrowka is", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         a, b = merged(ids).logits, ref(ids).logits
-        plain = base.get_base_model()(ids).logits if hasattr(base, "get_base_model") else None
         with ref.disable_adapter():
             c = ref(ids).logits
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(a, c, atol=1e-3), "the adapter had no effect; the test proves nothing"
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
-    del plain
 
 
 def test_export_refuses_to_overwrite(tiny_model, chat_file, runs_dir, tmp_path):
