@@ -359,8 +359,12 @@ def quant_constant_bytes(numel: int, double_quant: bool, c: Constants = DEFAULTS
 
 
 def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | None = None,
-             constants: Constants = DEFAULTS) -> Forecast:
+             constants: Constants = DEFAULTS, *, seq_len: int | None = None) -> Forecast:
     """Forecast the peak memory of training `config` on `device` (default: this machine's).
+
+    `seq_len`: the length batches are padded to. Batches are padded to their own longest row,
+    so for a known dataset this is min(max_seq_len, its longest row); default max_seq_len
+    (the worst case, for a dataset not yet seen).
 
     Weights (how build_model stores them):
       full   every parameter fp32 (master weights, also under bf16/fp16 mixed precision): 4 B.
@@ -461,8 +465,9 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     elif config.optimizer != "sgd":
         raise UserError(f"optimizer must be adamw_torch, adamw_8bit or sgd, got {config.optimizer!r}")
 
-    tokens = config.batch_size * config.max_seq_len
-    comp["activations"] = activation_bytes(config, shape, tokens, device, precision, c)
+    seq = min(seq_len, config.max_seq_len) if seq_len else config.max_seq_len
+    tokens = config.batch_size * seq
+    comp["activations"] = activation_bytes(config, shape, tokens, device, precision, c, seq=seq)
     comp["logits_loss"] = int(tokens * shape.vocab * 4 * c.logits_copies)
     if device == "cpu":
         comp["runtime_overhead"] += c.cpu_process_baseline
@@ -475,7 +480,7 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
                   details={"weights_by_dtype": by_dtype, "tokens_per_batch": tokens,
                            "activation_checkpointing": config.activation_checkpointing,
                            "optimizer": config.optimizer, "batch_size": config.batch_size,
-                           "max_seq_len": config.max_seq_len, "lora_r": config.lora_r
+                           "max_seq_len": config.max_seq_len, "seq_len": seq, "lora_r": config.lora_r
                            if method != "full" else None})
     fc.needed_bytes = fc.total_bytes if device == "cpu" else \
         int(fc.total_bytes * (1 + c.cuda_fragmentation)) + c.cuda_context
@@ -513,7 +518,7 @@ def _activation_elements(config: RunConfig, shape: ModelShape,
 
 
 def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: str, precision: str,
-                     constants: Constants = DEFAULTS) -> int:
+                     constants: Constants = DEFAULTS, seq: int | None = None) -> int:
     """Activations alive at the peak for one micro-batch (tokens = batch_size * max_seq_len).
 
     per layer = tokens * (hidden elements * residual bytes + other elements * act bytes)
@@ -533,7 +538,7 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     residual = 4 if (not half or config.method in ("full", "qlora")) else 2
     mask = c.mask_bytes / (2 if half else 1)
     h = shape.hidden
-    seq = config.max_seq_len
+    seq = seq or config.max_seq_len
     per_layer = tokens * (hidden * residual + other * act) + config.batch_size * seq * seq * mask
     final = tokens * h * residual * (c.act_final_h_trainable if config.method == "full"
                                      else c.act_final_h_frozen)
