@@ -90,6 +90,8 @@ class _RunCallback(TrainerCallback):
             return  # end-of-training summary (train_runtime etc.): status.json gets those
         row["elapsed_s"] = self._elapsed()
         row.update(memory.snapshot())
+        if self.job.forecast_mib is not None:
+            row["mem_forecast_mib"] = self.job.forecast_mib  # prediction beside reality, every row
         self.run.append_metrics(row)
         log.info("step %d/%d %s mem %.0f MiB", state.global_step, state.max_steps,
                  f"loss {row['loss']:.4f} tok/s {row['tokens_per_second']:.0f}" if "loss" in row
@@ -111,6 +113,7 @@ class TrainingJob:
         self.encoded: EncodedData | None = None
         self.elapsed_before = 0.0  # seconds trained in earlier sessions of a resumed run
         self.resume_from: Path | None = None
+        self.forecast_mib: float | None = None  # the memory forecast made for this run (peak)
 
     # --- prepare: everything that can fail on user input, before anything is written ------
     def prepare(self) -> RunDir:
@@ -151,7 +154,8 @@ class TrainingJob:
         model = trainer = None
         status = Status.FAILED
         try:
-            run.write_status(status=Status.RUNNING, started_at=utc_now(), error=None, ended_at=None)
+            run.write_status(status=Status.RUNNING, started_at=utc_now(), error=None, ended_at=None,
+                             **self._forecast())
             memory.reset_peak()
             set_seed(cfg.seed)
             model, info = build_model(cfg)
@@ -266,19 +270,44 @@ class TrainingJob:
         tmp.replace(target)
         shutil.rmtree(old, ignore_errors=True)
 
+    def _forecast(self) -> dict[str, Any]:
+        """The memory forecast for this run, with the data's real longest row (batches are
+        padded to their own longest row, so max_seq_len alone would overstate it). Written to
+        status.json and into every metrics row so prediction and measurement sit together.
+        A model the forecast does not know (not a Llama-style decoder) trains anyway: the
+        reason is recorded instead of a number."""
+        from .forecast import forecast, model_shape
+        longest = max((len(r.input_ids) for r in self.encoded.rows), default=self.config.max_seq_len)
+        try:
+            fc = forecast(self.config, model_shape(self.config.model), seq_len=longest)
+        except UserError as e:
+            log.info("no memory forecast for run %s: %s", self.run_dir.run_id, e)
+            return {"forecast_mib": None, "forecast_error": str(e)}
+        self.forecast_mib = round(fc.total_mib, 1)
+        return {"forecast_mib": self.forecast_mib, "forecast_needed_mib": round(fc.needed_mib, 1),
+                "forecast_device": fc.device, "forecast_seq_len": longest,
+                "forecast_components_mib": fc.mib(), "forecast_error": None}
+
     def _final_stats(self) -> dict[str, Any]:
         rows = self.run_dir.read_metrics()
         train = [r for r in rows if "loss" in r]
         evals = [r for r in rows if "eval_loss" in r]
         mem = memory.snapshot()
         tps = [r["tokens_per_second"] for r in train[1:]] or [r["tokens_per_second"] for r in train]
-        return {
+        peak = max([mem["mem_peak_mib"]] + [r.get("mem_peak_mib", 0) for r in rows])
+        extra: dict[str, Any] = {}
+        if "mem_peak_reserved_mib" in mem:  # CUDA: what the caching allocator held, too
+            extra["mem_peak_reserved_mib"] = max([mem["mem_peak_reserved_mib"]]
+                                                 + [r.get("mem_peak_reserved_mib", 0) for r in rows])
+        if self.forecast_mib:
+            extra["forecast_error_pct"] = round(100 * (self.forecast_mib - peak) / peak, 1) if peak else None
+        return {**extra,
             "final_loss": train[-1]["loss"] if train else None,
             "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
             "tokens_per_second": round(sum(tps) / len(tps), 1) if tps else None,
             "elapsed_s": rows[-1]["elapsed_s"] if rows else None,
             "mem_device": mem["mem_device"],
-            "mem_peak_mib": max([mem["mem_peak_mib"]] + [r.get("mem_peak_mib", 0) for r in rows]),
+            "mem_peak_mib": peak,
             "result_dir": str(self.run_dir.result_dir) if self.run_dir.result_dir else None,
         }
 

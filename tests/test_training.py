@@ -97,6 +97,13 @@ def test_status_and_metrics_have_the_documented_fields(tiny_model, data_files, r
     assert (run.path / "config.yaml").is_file()
     assert RunConfig.from_yaml(run.path / "config.yaml") == cfg
     assert [c.name for c in run.checkpoints] == ["checkpoint-2", "checkpoint-4"]
+    # the memory forecast sits beside the measured peak: in status.json and in every row
+    assert s["forecast_error"] is None and s["forecast_device"] == s["mem_device"] == "cpu"
+    assert s["forecast_seq_len"] == data["longest_row_tokens"] <= cfg.max_seq_len
+    assert s["forecast_mib"] == pytest.approx(sum(s["forecast_components_mib"].values()), abs=1)
+    assert all(r["mem_forecast_mib"] == s["forecast_mib"] for r in rows)
+    assert s["forecast_error_pct"] == pytest.approx(100 * (s["forecast_mib"] - s["mem_peak_mib"])
+                                                    / s["mem_peak_mib"], abs=0.1)
 
 
 def test_stop_ends_within_one_step_and_keeps_the_result(tiny_model, chat_file, runs_dir):
