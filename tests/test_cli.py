@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ft_engine.cli import main
+from ft_engine.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,10 +49,16 @@ def test_yaml_config_with_flag_override(tiny_model, chat_file, tmp_path, capsys)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model: {tiny_model}\ndata: {chat_file}\nmethod: full\nmax_steps: 50\n"
                    f"runs_dir: {tmp_path / 'runs'}\nlearning_rate: 0.001\n")
-    assert main(["train", "--config", str(cfg), "--max-steps", "2"]) == 0
-    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["train", "--config", str(cfg), "--max-steps", "2", "--optimizer", "sgd",
+                 "--activation-checkpointing", "--scheduler", "cosine", "--checkpoint-steps", "1"]) == 0
+    out = capsys.readouterr().out
+    run_dir = Path(out.strip().splitlines()[-1])
     status = (run_dir / "status.json").read_text()
     assert '"total_steps": 2' in status and '"method": "full"' in status
+    used = RunConfig.from_yaml(run_dir / "config.yaml")
+    assert (used.optimizer, used.activation_checkpointing, used.scheduler, used.checkpoint_steps) == \
+        ("sgd", True, "cosine", 1)
+    assert "(forecast " in out  # the summary line puts the forecast beside the measured peak
     assert (run_dir / "model" / "model.safetensors").is_file()
 
 

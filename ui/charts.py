@@ -48,14 +48,21 @@ def training_curves(rows: list[dict], title: str = "") -> go.Figure:
     return fig
 
 
-def memory_curve(rows: list[dict], label: str) -> go.Figure:
-    """Memory in use and peak over steps, in MiB."""
+def memory_curve(rows: list[dict], label: str, forecast_mib: float | None = None) -> go.Figure:
+    """Memory in use and peak over steps, in MiB, with the forecast peak as a line so
+    prediction and measurement are seen together."""
     mem = [r for r in rows if r.get("mem_used_mib") is not None]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[r["step"] for r in mem], y=[r["mem_used_mib"] for r in mem],
                              name="in use", mode="lines"))
     fig.add_trace(go.Scatter(x=[r["step"] for r in mem], y=[r["mem_peak_mib"] for r in mem],
                              name="peak", mode="lines", line=dict(dash="dot")))
+    if forecast_mib:
+        fig.add_hline(y=forecast_mib, line_dash="dash", line_color="rgb(214,39,40)",
+                      annotation_text=f"forecast peak {forecast_mib:,.0f} MiB", annotation_position="bottom right")
+        # keep the forecast line on screen even before the first step is logged
+        top = max([forecast_mib] + [r["mem_peak_mib"] for r in mem])
+        fig.update_yaxes(range=[0, top * 1.15])
     fig.update_layout(title=label, xaxis_title="step", yaxis_title="MiB", **{**_LAYOUT, "height": 280})
     return fig
 

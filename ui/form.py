@@ -76,12 +76,13 @@ def _int(value: Any) -> Any:
     return value
 
 
-def config_from_form(values: dict[str, Any]) -> RunConfig:
+def config_from_form(values: dict[str, Any], *, check_paths: bool = True) -> RunConfig:
     """Build the RunConfig from the studio's widget values (names are RunConfig fields).
 
     Numbers typed into number boxes arrive as floats, empty boxes as None; targets as a list
     from a checkbox group. The result is validated: a ConfigError lists every bad value.
     Demo caps (FT_MAX_STEPS) are applied here so a public Space can't be asked for more.
+    check_paths=False: for a forecast, which needs the settings but not the data file yet.
     """
     v = {k: val for k, val in values.items() if val is not None and val != ""}
     for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "seed", "logging_steps",
@@ -99,4 +100,4 @@ def config_from_form(values: dict[str, Any]) -> RunConfig:
     if cap > 0:
         # A public demo must not train for hours: cap the steps, and turn epochs into a capped count.
         config.max_steps = min(config.max_steps or cap, cap)
-    return config.validate()
+    return config.validate(check_paths=check_paths)

@@ -47,6 +47,7 @@ def run_report(studio: Studio, run_id: str) -> dict[str, Any]:
         "queue_position": studio.worker.position(run_id) if status.get("status") in ("queued", "running") else None,
         "loss": last.get("loss"), "tokens_per_second": last.get("tokens_per_second"),
         "mem_peak_mib": status.get("mem_peak_mib") or last.get("mem_peak_mib"),
+        "forecast_mib": status.get("forecast_mib"),
         "events": events[-12:], "metrics_rows": len(metrics),
     }
 
@@ -71,7 +72,7 @@ def status_html(r: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def gauges_html(snap: dict[str, Any], run_peak_mib: float | None) -> str:
+def gauges_html(snap: dict[str, Any], run_peak_mib: float | None, forecast_mib: float | None = None) -> str:
     """GPU gauges from NVML when there is an NVIDIA GPU; otherwise RAM, labelled as CPU mode."""
     def bar(label: str, used: float, total: float, extra: str = "") -> str:
         pct = 100 * used / total if total else 0
@@ -85,8 +86,9 @@ def gauges_html(snap: dict[str, Any], run_peak_mib: float | None) -> str:
         rows = ['<div class="ft-mode">CPU mode — no NVIDIA GPU found; showing system memory</div>',
                 bar("System RAM", snap["ram_used_mib"], snap["ram_total_mib"], f"· CPU {snap['cpu_percent']:.0f}%")]
     peak = f"{run_peak_mib / 1024:.2f} GiB" if run_peak_mib else "–"
+    forecast = f" · forecast peak: {forecast_mib / 1024:.2f} GiB" if forecast_mib else ""
     rows.append(f'<div class="ft-gauge-label">This app now: {snap["process_used_mib"] / 1024:.2f} GiB · '
-                f'peak of this run: {peak}</div>')
+                f'peak of this run: {peak}{forecast}</div>')
     return "".join(rows)
 
 
@@ -131,12 +133,12 @@ def build(studio: Studio, current_run: gr.Textbox) -> tuple[gr.Dropdown, Any]:
                 gr.update(), "", last_seen
         key = (run_id, r["metrics_rows"], r["status"])
         if key == last_seen:
-            return status_html(r), gr.update(), gauges_html(snap, r["mem_peak_mib"]), gr.update(), \
+            return status_html(r), gr.update(), gauges_html(snap, r["mem_peak_mib"], r["forecast_mib"]), gr.update(), \
                 events_markdown(r["events"]), last_seen
         rows = studio.run(run_id).read_metrics()
         mem_label = "GPU memory (PyTorch allocator)" if snap["gpus"] else "Process memory (CPU mode)"
-        return (status_html(r), training_curves(rows), gauges_html(snap, r["mem_peak_mib"]),
-                memory_curve(rows, mem_label), events_markdown(r["events"]), key)
+        return (status_html(r), training_curves(rows), gauges_html(snap, r["mem_peak_mib"], r["forecast_mib"]),
+                memory_curve(rows, mem_label, r["forecast_mib"]), events_markdown(r["events"]), key)
 
     outputs = [status, curves, gauges, mem_plot, events, seen]
     timer.tick(tick, [run_choice, current_run, seen], outputs, api_visibility="private",

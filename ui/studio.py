@@ -49,4 +49,7 @@ def build_studio(studio: Studio) -> gr.Blocks:
         monitor_tab_ui.select(monitor_refresh, None, monitor_choice, api_visibility="private")
         chat_tab_ui.select(chat_refresh, None, chat_choice, api_visibility="private")
         runs_tab_ui.select(runs_refresh, runs_selected, runs_outputs, api_visibility="private")
+        # the memory forecast is drawn as soon as the page opens, before any setting is touched
+        forecast_fn, forecast_inputs, forecast_outputs = train.update_forecast
+        demo.load(forecast_fn, forecast_inputs, forecast_outputs, api_visibility="private", show_progress="hidden")
     return demo

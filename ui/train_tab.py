@@ -14,6 +14,8 @@ from ft_engine.errors import UserError
 
 from .context import Studio
 from .data_tab import DataWidgets
+from .forecast_view import (FIX_FIELDS, MAX_FIXES, Fix, forecast_figure, longest_row, memory_view,
+                            no_forecast_markdown, verdict_markdown)
 from .form import ADVANCED_FIELDS, LORA_TARGETS, METHOD_CARDS, PRESETS, config_from_form, preset_values
 
 MODEL_CHOICES = ["bundled", "meta-llama/Llama-3.2-1B-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"]
@@ -21,9 +23,15 @@ METHODS = [("LoRA (recommended)", "lora"), ("QLoRA (4-bit base)", "qlora"), ("Fu
 DEFAULT_PRESET = "Quick demo"
 
 
+# settings that change the memory forecast: editing one redraws it
+FORECAST_FIELDS = ("batch_size", "optimizer", "activation_checkpointing", "lora_r", "lora_target_modules",
+                   "lora_dropout", "quant_type", "double_quant", "compute_dtype", "precision")
+
+
 @dataclass
 class TrainWidgets:
     current_run: gr.Textbox  # id of the run started last here; the Monitor tab follows it
+    update_forecast: Any     # (fn, inputs, outputs): the studio runs it once when the page loads
 
 
 def model_dropdown() -> gr.Dropdown:
@@ -86,6 +94,23 @@ def queue_message(studio: Studio, run_id: str) -> str:
     return f"Run `{run_id}`: **{status}**."
 
 
+def forecast_refusal(config: RunConfig) -> str | None:
+    """Why Start refuses `config` (the forecast says it will not fit), or None. A model the
+    forecast does not know is not refused: there is nothing to go on."""
+    try:
+        view = memory_view(config, longest_row(config.data, config.model, config.data_format))
+    except UserError:
+        return None
+    if not view.blocks_start:
+        return None
+    need, free = view.needed_mib[view.method], view.available_mib or 0
+    fixes = "; ".join(f"{f.description} ({f.needed_mib / 1024:.1f} GiB, {f.verdict})" for f in view.fixes)
+    return (f"not started: the memory forecast says this run needs {need / 1024:.1f} GiB and only "
+            f"{free / 1024:.1f} GiB is free, so it would run out of memory. "
+            + (f"Fixes: {fixes}. " if fixes else "")
+            + "Or start it anyway (the 'Start anyway' box; start_anyway=True in the API).")
+
+
 def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets:
     defaults = RunConfig()
     preset_defaults = preset_values(DEFAULT_PRESET, defaults.method)
@@ -111,6 +136,16 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
         for i, name in enumerate(ADVANCED_FIELDS):
             with columns[i % 3]:
                 advanced[name] = _widget(name, preset_defaults.get(name, getattr(defaults, name)))
+    with gr.Group():
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                memory_plot = gr.Plot(label="Memory forecast", show_label=False)
+            with gr.Column(scale=2):
+                memory_verdict = gr.Markdown("Memory forecast: pick a model and data.")
+                fix_buttons = [gr.Button(visible=False, size="sm", variant="secondary") for _ in range(MAX_FIXES)]
+                start_anyway = gr.Checkbox(False, label="Start anyway",
+                                           info="Ignore the forecast and start a run it says will not fit")
+    fixes_state = gr.State([])  # the Fix objects behind the buttons
     with gr.Row():
         start = gr.Button("▶ Start training", variant="primary", size="lg")
         stop = gr.Button("■ Stop", variant="stop", size="lg")
@@ -136,7 +171,38 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
     form_names = ["data", "model", "method", "run_name", "max_seq_len", "val_fraction", "train_on_prompt",
                   "data_format"] + ADVANCED_FIELDS
 
+    # --- memory forecast -----------------------------------------------------------------
+    def update_forecast(*values):
+        form = dict(zip(form_names, values))
+        hidden = [gr.update(visible=False) for _ in range(MAX_FIXES)]
+        try:
+            config = config_from_form({**form, "data": ""}, check_paths=False)
+            view = memory_view(config, longest_row(form["data"], config.model, config.data_format))
+        except UserError as e:  # a half-typed setting or an unknown model: say why, keep going
+            return None, no_forecast_markdown(e), *hidden, []
+        buttons = [gr.update(visible=True, value=f.label) for f in view.fixes] + hidden[len(view.fixes):]
+        return forecast_figure(view), verdict_markdown(view), *buttons, view.fixes
+
+    forecast_outputs = [memory_plot, memory_verdict, *fix_buttons, fixes_state]
+    forecast_triggers = [model.change, method.change, data.max_seq_len.change, data.data_path.change,
+                         data.data_format.change] + [advanced[f].change for f in FORECAST_FIELDS]
+    gr.on(forecast_triggers, update_forecast, form_inputs, forecast_outputs, api_visibility="private",
+          show_progress="hidden")
+
+    # a fix changes the widgets; their change events redraw the forecast
+    fix_widgets = [method if f == "method" else data.max_seq_len if f == "max_seq_len" else advanced[f]
+                   for f in FIX_FIELDS]
+
+    def apply_fix(i: int, fixes: list[Fix]):
+        if i >= len(fixes):
+            return [gr.update() for _ in FIX_FIELDS]
+        return [fixes[i].changes.get(f, gr.update()) for f in FIX_FIELDS]
+
+    for i, button in enumerate(fix_buttons):
+        button.click(lambda fixes, i=i: apply_fix(i, fixes), [fixes_state], fix_widgets, api_visibility="private")
+
     def start_from_widgets(*values):
+        *values, anyway = values
         form = dict(zip(form_names, values))
         if not form["data"]:
             return "❌ No data yet: pick a sample or upload a file in the **Data** tab first.", gr.update()
@@ -144,12 +210,16 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
             form["data"] = studio.checked_data_path(form["data"])
             form["runs_dir"] = str(studio.runs_dir)
             config = config_from_form(form)
+            refusal = None if anyway else forecast_refusal(config)
+            if refusal:
+                return f"❌ {refusal}", gr.update()
             run = studio.worker.submit(config)
         except UserError as e:
             return f"❌ {e}", gr.update()
         return queue_message(studio, run.run_id), run.run_id
 
-    start.click(start_from_widgets, form_inputs, [message, current_run], api_visibility="private")
+    start.click(start_from_widgets, form_inputs + [start_anyway], [message, current_run],
+                api_visibility="private")
 
     def stop_current(run_id: str):
         if not run_id:
@@ -163,9 +233,10 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
 
     # --- scripting API (gradio_client) ----------------------------------------------------
     def start_training(data_path: str, model: str = "bundled", method: str = "lora",
-                       preset: str = DEFAULT_PRESET, settings_json: str = "{}") -> dict:
+                       preset: str = DEFAULT_PRESET, settings_json: str = "{}", start_anyway: bool = False) -> dict:
         """Start (or queue) a run. data_path: as returned by validate_data. settings_json: any
-        RunConfig fields as a JSON object, e.g. {"max_steps": 5}. Returns run_id, position and
+        RunConfig fields as a JSON object, e.g. {"max_steps": 5}. A run the memory forecast
+        says will not fit is refused unless start_anyway. Returns run_id, position and
         message; on bad input run_id is empty and message says what to fix."""
         try:
             settings = json.loads(settings_json or "{}")
@@ -174,7 +245,11 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
             # settings come last but cannot choose where files are written or read
             form = {**preset_values(preset, method), **settings, "model": model, "method": method,
                     "data": studio.checked_data_path(data_path), "runs_dir": str(studio.runs_dir)}
-            run = studio.worker.submit(config_from_form(form))
+            config = config_from_form(form)
+            refusal = None if start_anyway else forecast_refusal(config)
+            if refusal:
+                return {"run_id": "", "position": None, "message": refusal}
+            run = studio.worker.submit(config)
         except (UserError, ValueError) as e:
             return {"run_id": "", "position": None, "message": str(e)}
         return {"run_id": run.run_id, "position": studio.worker.position(run.run_id),
@@ -189,4 +264,4 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
 
     gr.api(start_training, api_name="start_training")
     gr.api(stop_training, api_name="stop_training")
-    return TrainWidgets(current_run)
+    return TrainWidgets(current_run, (update_forecast, form_inputs, forecast_outputs))

@@ -1,0 +1,95 @@
+"""The Train tab's memory forecast (ui/forecast_view.py) and Start's refusal of a run that
+will not fit; the memory cap from the environment; the Monitor's forecast line."""
+
+import pytest
+
+from ft_engine.config import RunConfig
+from ft_engine.forecast import MIB, available_memory, forecast, model_shape
+from ui.charts import memory_curve
+from ui.forecast_view import (FIX_FIELDS, METHOD_ORDER, forecast_figure, longest_row, memory_view,
+                              verdict_markdown)
+from ui.train_tab import forecast_refusal
+
+GIB = 1024 * MIB
+
+
+def cfg(tiny_model, chat_file, **kw) -> RunConfig:
+    return RunConfig(model=tiny_model, data=str(chat_file), **{"method": "lora", "batch_size": 4, **kw})
+
+
+def test_plenty_of_memory_fits_without_fixes(tiny_model, chat_file):
+    view = memory_view(cfg(tiny_model, chat_file), available=("cpu", 100 * GIB, "test RAM"))
+    assert set(view.verdicts) == set(METHOD_ORDER) and set(view.verdicts.values()) == {"fits"}
+    assert view.fixes == [] and not view.blocks_start
+    md = verdict_markdown(view)
+    assert "**LoRA**" in md and "fits" in md and "refused" not in md
+
+
+def test_will_not_fit_offers_fixes_that_lower_the_forecast(tiny_model, chat_file):
+    config = cfg(tiny_model, chat_file, max_seq_len=512)
+    shape = model_shape(tiny_model)
+    need = forecast(config, shape, "cpu").needed_bytes
+    view = memory_view(config, available=("cpu", need - 1, "test RAM"))
+    assert view.verdict == "will not fit" and view.blocks_start
+    assert view.fixes, "a run that will not fit must come with fixes"
+    for fix in view.fixes:
+        assert fix.changes and set(fix.changes) <= set(FIX_FIELDS)
+        assert fix.needed_mib < need / MIB
+        assert fix.description in fix.label
+    assert "Start is refused" in verdict_markdown(view)
+
+
+def test_the_data_longest_row_sets_the_forecast(tiny_model, chat_file):
+    longest = longest_row(str(chat_file), tiny_model)
+    assert 0 < longest < 512
+    config = cfg(tiny_model, chat_file, max_seq_len=2048)
+    avail = ("cpu", 100 * GIB, "test RAM")
+    assert memory_view(config, longest, avail).seq_len == longest
+    assert memory_view(config, None, avail).seq_len == 2048
+    assert memory_view(config, longest, avail).needed_mib["lora"] < memory_view(config, None, avail).needed_mib["lora"]
+    assert longest_row(None, tiny_model) is None
+    assert longest_row(str(chat_file) + ".missing", tiny_model) is None
+
+
+def test_forecast_figure_highlights_the_chosen_method(tiny_model, chat_file):
+    view = memory_view(cfg(tiny_model, chat_file, method="qlora"), available=("cpu", 3 * GIB, "test RAM"))
+    fig = forecast_figure(view)
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 4 and all(len(b.y) == 3 for b in bars)
+    assert list(bars[0].marker.opacity) == [0.35, 0.35, 1.0]  # full, lora, qlora: qlora chosen
+    # the stacked segments add up to the predicted peak of each method
+    for i, m in enumerate(METHOD_ORDER):
+        assert sum(b.y[i] for b in bars) * 1024 == pytest.approx(view.needed_mib[m], rel=1e-6)
+    assert any(s.y0 == pytest.approx(3.0) for s in fig.layout.shapes)  # the free-memory line, GiB
+
+
+def test_start_is_refused_only_when_it_will_not_fit(tiny_model, chat_file, monkeypatch):
+    config = cfg(tiny_model, chat_file)
+    monkeypatch.setenv("FT_MEMORY_LIMIT_MIB", "1")
+    refusal = forecast_refusal(config)
+    assert refusal and "would run out of memory" in refusal and "start it anyway" in refusal
+    monkeypatch.setenv("FT_MEMORY_LIMIT_MIB", str(1024 * 1024))  # more than the machine has: no cap
+    assert forecast_refusal(config) is None
+
+
+def test_memory_limit_env_caps_the_available_memory(monkeypatch):
+    monkeypatch.setenv("FT_MEMORY_LIMIT_MIB", "1234")
+    device, free, label = available_memory("cpu")
+    assert (device, free) == ("cpu", 1234 * MIB) and "FT_MEMORY_LIMIT_MIB" in label
+    monkeypatch.setenv("FT_MEMORY_LIMIT_MIB", "lots")
+    with pytest.raises(Exception, match="FT_MEMORY_LIMIT_MIB must be a number"):
+        available_memory("cpu")
+
+
+def test_unknown_model_gives_no_forecast_and_no_refusal(tiny_model, chat_file):
+    config = cfg(tiny_model, chat_file).replace(model="no-such-org/no-such-model")
+    assert forecast_refusal(config) is None
+
+
+def test_memory_curve_draws_the_forecast_line():
+    rows = [{"step": 1, "mem_used_mib": 500.0, "mem_peak_mib": 600.0},
+            {"step": 2, "mem_used_mib": 520.0, "mem_peak_mib": 640.0}]
+    fig = memory_curve(rows, "Process memory", forecast_mib=700.0)
+    assert [s.y0 for s in fig.layout.shapes] == [700.0]
+    assert fig.layout.yaxis.range[1] >= 700.0
+    assert not memory_curve(rows, "Process memory").layout.shapes

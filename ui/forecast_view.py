@@ -1,0 +1,168 @@
+"""The Train tab's memory forecast: the three methods side by side against the memory this
+machine has free, the chosen one highlighted, a one-line verdict and the fixes that make a
+run fit. Pure Python and plotly (no gradio): the Train tab places what this module computes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from ft_engine.config import RunConfig
+from ft_engine.errors import UserError
+
+METHOD_ORDER = ("full", "lora", "qlora")
+METHOD_LABELS = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+MAX_FIXES = 3  # the Train tab has this many one-click fix buttons
+
+# Stacked segments in plain words; keys are ft_engine.forecast.COMPONENTS.
+GROUPS = {
+    "model weights": ("weights_frozen", "weights_trainable", "quant_constants"),
+    "gradients + optimizer": ("gradients", "optimizer_state", "optimizer_temp", "autocast_copies"),
+    "activations + logits": ("activations", "logits_loss"),
+    "runtime": ("runtime_overhead",),
+}
+GROUP_COLORS = ("rgb(31,119,180)", "rgb(255,127,14)", "rgb(44,160,44)", "rgb(148,103,189)")
+VERDICT_ICONS = {"fits": "✅", "tight": "⚠️", "will not fit": "❌", "unknown": "❔"}
+# the settings a fix may change: each has a widget in the Train or Data tab
+FIX_FIELDS = ("method", "activation_checkpointing", "optimizer", "batch_size", "grad_accum", "max_seq_len")
+
+
+@dataclass
+class Fix:
+    """One suggested change: its words, the settings it changes and the new forecast."""
+    description: str
+    changes: dict
+    needed_mib: float
+    verdict: str
+
+    @property
+    def label(self) -> str:
+        return f"{VERDICT_ICONS.get(self.verdict, '')} {self.description} → {self.needed_mib / 1024:.1f} GiB"
+
+
+@dataclass
+class MemoryView:
+    """What the Train tab shows for one set of settings."""
+    method: str
+    device: str
+    available_mib: float | None
+    available_label: str
+    needed_mib: dict[str, float]                 # method → memory that must be free
+    groups_mib: dict[str, dict[str, float]]      # method → group → MiB of the predicted peak
+    verdicts: dict[str, str]
+    seq_len: int
+    fixes: list[Fix] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return self.verdicts[self.method]
+
+    @property
+    def blocks_start(self) -> bool:
+        return self.verdict == "will not fit"
+
+
+def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -> MemoryView:
+    """Forecast `config` with each method on this machine (or `available`, the tuple
+    ft_engine.forecast.available_memory returns). seq_len: the data's longest row, when known."""
+    from ft_engine.forecast import MIB, available_memory, forecast, model_shape, suggestions, verdict
+    shape = model_shape(config.model)  # UserError for unknown or unsupported models
+    avail = available or available_memory()
+    device = avail[0]
+    forecasts = {m: forecast(config.replace(method=m), shape, device, seq_len=seq_len) for m in METHOD_ORDER}
+    verdicts = {m: verdict(fc, avail) for m, fc in forecasts.items()}
+    groups = {m: {g: sum(fc.components[k] for k in keys) / MIB for g, keys in GROUPS.items()}
+              for m, fc in forecasts.items()}
+    fixes = []
+    if verdicts[config.method] in ("will not fit", "tight"):
+        for desc, new, fc in suggestions(config, shape, avail, seq_len=seq_len)[:MAX_FIXES]:
+            changes = {k: getattr(new, k) for k in FIX_FIELDS if getattr(new, k) != getattr(config, k)}
+            fixes.append(Fix(desc, changes, fc.needed_bytes / MIB, verdict(fc, avail)))
+    chosen = forecasts[config.method]
+    return MemoryView(method=config.method, device=device,
+                      available_mib=None if avail[1] is None else avail[1] / MIB, available_label=avail[2],
+                      needed_mib={m: fc.needed_bytes / MIB for m, fc in forecasts.items()},
+                      groups_mib=groups, verdicts=verdicts,
+                      seq_len=chosen.details["seq_len"], fixes=fixes)
+
+
+def longest_row(data_path: str | None, model: str, data_format: str = "auto") -> int | None:
+    """Tokens in the data's longest row (batches are padded to their own longest row, so this,
+    not max_seq_len, sets the activations), or None when no data is chosen or it can't be read
+    (the Data tab explains why; the forecast then assumes rows as long as max_seq_len)."""
+    if not data_path:
+        return None
+    path = Path(data_path)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    try:
+        return _longest_row(str(path), stamp, model, data_format)
+    except UserError:
+        return None
+
+
+@functools.lru_cache(maxsize=16)
+def _longest_row(path: str, stamp: int, model: str, data_format: str) -> int:
+    from ft_engine.preview import preview_data
+    lengths = preview_data(path, model=model, max_seq_len=131072, data_format=data_format,
+                           n_examples=0).token_lengths
+    return max(lengths, default=0) or None
+
+
+def _gib(mib: float) -> str:
+    return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+
+
+def verdict_markdown(view: MemoryView) -> str:
+    """One line for the chosen method, plus what Start will do about it."""
+    need = view.needed_mib[view.method]
+    name = METHOD_LABELS[view.method]
+    where = "GPU memory" if view.device == "cuda" else "RAM"
+    line = (f"{VERDICT_ICONS[view.verdict]} **{name}** needs about **{_gib(need)}** of {where} "
+            f"(batches of up to {view.seq_len} tokens); ")
+    if view.available_mib is None:
+        return line + f"free memory is unknown here ({view.available_label})."
+    line += f"**{_gib(view.available_mib)}** is free → **{view.verdict}**."
+    if view.verdict == "will not fit":
+        line += ("\n\nStart is refused: this run would run out of memory. Apply a fix below, or tick "
+                 "*Start anyway*.")
+    elif view.verdict == "tight":
+        line += "\n\nIt should fit, with little to spare; a fix below leaves more room."
+    return line
+
+
+def forecast_figure(view: MemoryView) -> go.Figure:
+    """Stacked bars (weights, gradients + optimizer, activations, runtime) for each method,
+    the chosen one solid and the others faded, with the free memory as a line."""
+    fig = go.Figure()
+    labels = [METHOD_LABELS[m] for m in METHOD_ORDER]
+    for (group, _), color in zip(GROUPS.items(), GROUP_COLORS):
+        fig.add_trace(go.Bar(
+            x=labels, y=[view.groups_mib[m][group] / 1024 for m in METHOD_ORDER], name=group,
+            marker=dict(color=color, opacity=[1.0 if m == view.method else 0.35 for m in METHOD_ORDER],
+                        line=dict(width=0)),
+            hovertemplate="%{x}<br>" + group + ": %{y:.2f} GiB<extra></extra>"))
+    for m, label in zip(METHOD_ORDER, labels):
+        fig.add_annotation(x=label, y=view.needed_mib[m] / 1024, yshift=12, showarrow=False,
+                           text=f"{VERDICT_ICONS[view.verdicts[m]]} {_gib(view.needed_mib[m])}",
+                           font=dict(size=13, color="black" if m == view.method else "grey"))
+    top = max(view.needed_mib.values())
+    if view.available_mib is not None:
+        fig.add_hline(y=view.available_mib / 1024, line_dash="dash", line_color="red",
+                      annotation_text=f"free: {_gib(view.available_mib)}", annotation_position="top left")
+        top = max(top, view.available_mib)
+    fig.update_layout(barmode="stack", template="plotly_white", height=320,
+                      title="Memory forecast (peak) for each method",
+                      yaxis=dict(title="GiB", range=[0, top / 1024 * 1.18]),
+                      margin=dict(l=50, r=20, t=40, b=40), legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def no_forecast_markdown(err: UserError) -> str:
+    return f"❔ No memory forecast for this model: {err}"
