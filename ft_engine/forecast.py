@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -568,7 +570,35 @@ def available_memory(device: str | None = None) -> tuple[str, int | None, str]:
         if device == "cuda":
             return "cuda", None, "no NVIDIA GPU visible here (NVML): cannot compare with free GPU memory"
     vm = psutil.virtual_memory()
-    return "cpu", int(vm.available), f"system RAM: {vm.available / MIB:,.0f} MiB available of {vm.total / MIB:,.0f} MiB"
+    free, label = int(vm.available), f"system RAM: {vm.available / MIB:,.0f} MiB available of {vm.total / MIB:,.0f} MiB"
+    cap = memory_cap()
+    if cap is not None and cap[0] < free:
+        free, label = cap[0], f"{cap[1]}: {cap[0] / MIB:,.0f} MiB available"
+    return "cpu", free, label
+
+
+def memory_cap() -> tuple[int, str] | None:
+    """(bytes, where from) when this process may use less than the machine's free RAM: a
+    container's cgroup limit (Docker, Hugging Face Spaces: psutil sees the host's RAM there),
+    or FT_MEMORY_LIMIT_MIB, set by whoever hosts the studio to plan within a smaller budget."""
+    caps = []
+    env = os.environ.get("FT_MEMORY_LIMIT_MIB", "").strip()
+    if env:
+        try:
+            caps.append((int(float(env) * MIB), f"FT_MEMORY_LIMIT_MIB={env}"))
+        except ValueError:
+            raise UserError(f"FT_MEMORY_LIMIT_MIB must be a number of MiB such as 8000, got {env!r}") from None
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip()
+        except OSError:
+            continue  # no such cgroup version here
+        if limit.isdigit() and int(limit) < (1 << 60):  # "max" or a huge number mean no limit
+            caps.append((max(0, int(limit) - int(usage)), "container memory limit"))
+        break
+    return min(caps) if caps else None
 
 
 def _available_bytes(available) -> int | None:
@@ -613,7 +643,8 @@ def _candidates(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
 
 
 def suggestions(config: RunConfig, shape: ModelShape | None, available,
-                constants: Constants = DEFAULTS) -> list[tuple[str, RunConfig, Forecast]]:
+                constants: Constants = DEFAULTS, *, seq_len: int | None = None
+                ) -> list[tuple[str, RunConfig, Forecast]]:
     """When `config` will not fit (or is tight), changes that lower its forecast, each with its
     new forecast. `available`: bytes, or the tuple `available_memory` returns.
 
@@ -624,7 +655,7 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
     change, followed by all of them combined."""
     shape = shape or model_shape(config.model)
     device = available[0] if isinstance(available, tuple) else None
-    base = forecast(config, shape, device, constants)
+    base = forecast(config, shape, device, constants, seq_len=seq_len)
     if verdict(base, available, constants) in ("fits", "unknown"):
         return []
     lowering = []
@@ -632,7 +663,7 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
         new = config.replace(**change)
         if new == config:
             continue
-        fc = forecast(new, shape, base.device, constants)
+        fc = forecast(new, shape, base.device, constants, seq_len=seq_len)
         if fc.total_bytes < base.total_bytes:
             lowering.append((desc, new, fc))
     for good in ("fits", "tight"):
@@ -646,7 +677,7 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
                                            ("activation_checkpointing", "optimizer", "batch_size",
                                             "grad_accum", "method", "max_seq_len")
                                            if getattr(new, k) != getattr(config, k)})
-        fc = forecast(combined, shape, base.device, constants)
+        fc = forecast(combined, shape, base.device, constants, seq_len=seq_len)
         if fc.total_bytes < min(s[2].total_bytes for s in lowering):
             lowering.append(("all of the above together", combined, fc))
     return lowering
@@ -663,7 +694,8 @@ COMPONENT_LABELS = {
 }
 
 
-def plan(config: RunConfig, methods: list[str], device: str | None = None) -> dict[str, Any]:
+def plan(config: RunConfig, methods: list[str], device: str | None = None,
+         seq_len: int | None = None) -> dict[str, Any]:
     """Forecast, verdict and suggestions for each method: the data behind `plan`."""
     shape = model_shape(config.model)
     avail = available_memory(device)
@@ -675,13 +707,13 @@ def plan(config: RunConfig, methods: list[str], device: str | None = None) -> di
     }
     for method in methods:
         cfg = config.replace(method=method)
-        fc = forecast(cfg, shape, avail[0])
+        fc = forecast(cfg, shape, avail[0], seq_len=seq_len)
         out["methods"][method] = {
             **fc.to_dict(), "verdict": verdict(fc, avail),
             "suggestions": [{"change": d, "total_mib": round(f.total_mib, 1), "needed_mib": round(f.needed_mib, 1),
                              "verdict": verdict(f, avail),
                              "config": {k: v for k, v in c.to_dict().items() if v != cfg.to_dict()[k]}}
-                            for d, c, f in suggestions(cfg, shape, avail)],
+                            for d, c, f in suggestions(cfg, shape, avail, seq_len=seq_len)],
         }
     return out
 

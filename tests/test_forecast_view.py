@@ -93,3 +93,28 @@ def test_memory_curve_draws_the_forecast_line():
     assert [s.y0 for s in fig.layout.shapes] == [700.0]
     assert fig.layout.yaxis.range[1] >= 700.0
     assert not memory_curve(rows, "Process memory").layout.shapes
+
+
+def _endpoint(demo, name):
+    return next(f.fn for f in demo.fns.values() if f.api_name == name)
+
+
+def test_api_start_is_refused_then_started_anyway(tiny_model, chat_file, tmp_path, monkeypatch):
+    """start_training through the studio's own endpoint function (in process, so the memory
+    cap can be set): refused with the reason and fixes, started with start_anyway=True."""
+    from ui.context import Studio
+    from ui.studio import build_studio
+    studio = Studio(tmp_path / "runs")
+    demo = build_studio(studio)
+    data_path = str(studio.keep_upload(str(chat_file)))
+    start = _endpoint(demo, "start_training")
+    monkeypatch.setenv("FT_MEMORY_LIMIT_MIB", "1")
+    settings = '{"max_steps": 1, "checkpoint_steps": 0}'
+    refused = start(data_path, tiny_model, "lora", "Quick demo", settings)
+    assert refused["run_id"] == "" and "would run out of memory" in refused["message"]
+    assert "Fixes:" in refused["message"] or "start it anyway" in refused["message"]
+    assert studio.runs() == []  # nothing was created
+    started = start(data_path, tiny_model, "lora", "Quick demo", settings, True)
+    assert started["run_id"]
+    studio.worker.wait_idle(timeout=120)
+    assert studio.run(started["run_id"]).read_status()["status"] == "completed"
