@@ -52,11 +52,20 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     """`python app.py` in a subprocess, on a free port, with its own runs directory."""
-    tmp = tmp_path_factory.mktemp("browser")
+    yield from _serve(tmp_path_factory.mktemp("browser"))
+
+
+@pytest.fixture
+def capped_app_url(tmp_path_factory):
+    """The studio told it may use 1 MiB (FT_MEMORY_LIMIT_MIB): every run is forecast not to fit."""
+    yield from _serve(tmp_path_factory.mktemp("capped"), {"FT_MEMORY_LIMIT_MIB": "1"})
+
+
+def _serve(tmp: Path, extra_env: dict | None = None):
     port = _free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "FT_RUNS_DIR": str(tmp / "runs"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     log_path = _APP_LOG["path"] = tmp / "app.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -95,17 +104,24 @@ def app_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport=VIEWPORT)
-        pg = context.new_page()
-        pg.set_default_timeout(UI_MS)
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            yield pg
+            yield b
         finally:
-            context.close()
-            browser.close()
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url, browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    pg = context.new_page()
+    pg.set_default_timeout(UI_MS)
+    try:
+        yield pg
+    finally:
+        context.close()
 
 
 def app_log() -> str:
@@ -187,6 +203,9 @@ def _walkthrough(page: Page, app_url: str, tiny_model: str) -> None:
     train.get_by_role("button", name=re.compile("Advanced settings")).click()
     set_number(train, "Max steps", 6)
     set_number(train, "Batch size", 2)
+    # the memory forecast: three bars against the free memory, and the verdict for LoRA
+    expect(train.get_by_text(re.compile(r"LoRA needs about .+ is free → fits"))).to_be_visible(timeout=UI_MS)
+    expect(train.locator(".js-plotly-plot").first).to_be_visible()
     train.get_by_role("button", name="▶ Start training").click()
     current = train.get_by_role("textbox", name="Current run")
     expect(current).not_to_have_value("", timeout=UI_MS)
@@ -258,3 +277,40 @@ def _walkthrough(page: Page, app_url: str, tiny_model: str) -> None:
                            " && el.data[0].x.length >= 6", arg=[overlay.element_handle(), run_id], timeout=UI_MS)
     expect(overlay.locator(".scatterlayer .trace path.js-line")).to_have_count(1)
     shoot(page, "5-runs.png")
+
+
+def test_start_refuses_a_run_that_will_not_fit(capped_app_url, browser, tiny_model):
+    """With 1 MiB allowed, the forecast says no: Start refuses, a fix is one click away and
+    changes the settings, and 'Start anyway' starts the run all the same."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(UI_MS)
+    try:
+        page.goto(capped_app_url)
+        train = open_tab(page, "2 · Train")
+        model = train.get_by_role("combobox", name="Model")
+        model.click()
+        model.fill(tiny_model)
+        model.press("Enter")
+        model.press("Tab")
+        data = open_tab(page, "1 · Data")
+        data.locator("input[type=file]").set_input_files(str(DATA_FILE))
+        expect(data.get_by_text(re.compile(r"Ready: 12 rows"))).to_be_visible(timeout=60_000)
+        train = open_tab(page, "2 · Train")
+        expect(train.get_by_text(re.compile(r"LoRA needs about .+ is free → will not fit"))).to_be_visible()
+        train.get_by_role("button", name="▶ Start training").click()
+        expect(train.get_by_text(re.compile("not started: the memory forecast says"))).to_be_visible()
+        expect(train.get_by_role("textbox", name="Current run")).to_have_value("")
+        fix = train.get_by_role("button", name=re.compile("activation checkpointing"))
+        fix.click()
+        train.get_by_role("button", name=re.compile("Advanced settings")).click()
+        expect(train.get_by_role("checkbox", name="Activation checkpointing")).to_be_checked()
+        shoot(page, "2-train-will-not-fit.png")
+        train.get_by_role("checkbox", name="Start anyway").check()
+        train.get_by_role("button", name="▶ Start training").click()
+        expect(train.get_by_role("textbox", name="Current run")).not_to_have_value("", timeout=UI_MS)
+    except BaseException:
+        print("\n----- app.py log -----\n" + app_log())
+        raise
+    finally:
+        context.close()

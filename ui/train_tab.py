@@ -136,15 +136,16 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
         for i, name in enumerate(ADVANCED_FIELDS):
             with columns[i % 3]:
                 advanced[name] = _widget(name, preset_defaults.get(name, getattr(defaults, name)))
-    with gr.Group():
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3):
-                memory_plot = gr.Plot(label="Memory forecast", show_label=False)
-            with gr.Column(scale=2):
-                memory_verdict = gr.Markdown("Memory forecast: pick a model and data.")
-                fix_buttons = [gr.Button(visible=False, size="sm", variant="secondary") for _ in range(MAX_FIXES)]
-                start_anyway = gr.Checkbox(False, label="Start anyway",
-                                           info="Ignore the forecast and start a run it says will not fit")
+    gr.Markdown("### Will it fit?\nPeak memory forecast from the model's shape and these settings, "
+                "for each method, against what is free on this machine.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            memory_plot = gr.Plot(label="Memory forecast", show_label=False)
+        with gr.Column(scale=2):
+            memory_verdict = gr.Markdown("Memory forecast: pick a model and data.")
+            fix_buttons = [gr.Button(visible=False, size="sm", variant="secondary") for _ in range(MAX_FIXES)]
+            start_anyway = gr.Checkbox(False, label="Start anyway",
+                                       info="Ignore the forecast and start a run it says will not fit")
     fixes_state = gr.State([])  # the Fix objects behind the buttons
     with gr.Row():
         start = gr.Button("▶ Start training", variant="primary", size="lg")
