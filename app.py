@@ -1,7 +1,9 @@
 """Fine-Tune Studio: `python app.py` (or `make run`) serves the studio.
 
 Reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860), FT_RUNS_DIR (default
-./runs), HF_TOKEN (gated models, Hub uploads), FT_MAX_STEPS (cap on steps for a public demo).
+./runs), HF_TOKEN (gated models, Hub uploads), and the limits for running it for others
+(ui/limits.py, README "Running it for others"): FT_MAX_UPLOAD_MB, FT_AUTH, FT_MAX_STEPS,
+FT_MAX_ROWS.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 
 from ft_engine.config import BUNDLED_MODEL
 from ft_engine.errors import UserError
+from ui import limits
 from ui.context import studio_from_env
 from ui.studio import CSS, THEME, build_studio
 
@@ -21,7 +24,9 @@ log = logging.getLogger("app")
 def _prepare_bundled_model() -> None:
     """Convert the bundled model on first start, in the background, so the page answers at
     once; a failure is logged with its fix and shown again when someone picks that model."""
-    from ft_engine.models import model_source  # torch + transformers: loaded here, off the start-up path
+    from ft_engine import stack
+    stack.load()  # torch + transformers: loaded here, off the start-up path, one thread at a time
+    from ft_engine.models import model_source
     try:
         model_source(BUNDLED_MODEL)
     except UserError as e:
@@ -30,6 +35,13 @@ def _prepare_bundled_model() -> None:
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("FT_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # a mistyped limit stops the app here, instead of silently serving without it
+        upload_limit, auth = limits.max_upload_bytes(), limits.login()
+        steps_cap, rows_cap = limits.max_steps_cap(), limits.max_rows_cap()
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+    log.info("limits: uploads up to %s; login %s; steps cap %s; rows cap %s", limits.describe_bytes(upload_limit),
+             "on" if auth else "off", steps_cap or "none", rows_cap or "none")
     # Convert the bundled model in the background on first start, so the page answers at once.
     threading.Thread(target=_prepare_bundled_model, name="bundled-model", daemon=True).start()
     studio = studio_from_env()
@@ -39,6 +51,11 @@ def main() -> None:
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         theme=THEME, css=CSS, show_error=True,
+        auth=auth,
+        max_file_size=upload_limit,  # Gradio refuses bigger uploads (HTTP 413) before they are stored
+        # Gradio serves only its own upload/cache folder and what the app returns (the export zips,
+        # written to the system temp folder); the runs folder is never served directly.
+        allowed_paths=[], blocked_paths=[str(studio.runs_dir.resolve())],
     )
 
 

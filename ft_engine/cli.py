@@ -1,4 +1,4 @@
-"""`python -m ft_engine train | chat | runs | export | resume | plan`.
+"""`python -m ft_engine train | chat | runs | export | resume | plan | compare`.
 
 Bad input of any kind ends with one message on stderr and exit code 2, never a traceback.
 `train` exits 0 only when the run completed.
@@ -23,7 +23,8 @@ _TRAIN_FLAGS = {
     "method": str, "data": str, "model": str, "max_steps": int, "epochs": float,
     "learning_rate": float, "batch_size": int, "max_seq_len": int, "lora_r": int,
     "runs_dir": str, "run_name": str, "seed": int, "data_format": str, "val_fraction": float,
-    "grad_accum": int,
+    "grad_accum": int, "lora_alpha": int, "optimizer": str, "scheduler": str, "warmup_ratio": float,
+    "checkpoint_steps": int, "eval_steps": int, "precision": str,
 }
 
 
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, typ in _TRAIN_FLAGS.items():
         t.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                        help=FIELD_DOCS.get(name, ""))
+    t.add_argument("--activation-checkpointing", dest="activation_checkpointing", action="store_true",
+                   default=None, help=FIELD_DOCS.get("activation_checkpointing", ""))
 
     c = sub.add_parser("chat", help="answer one prompt with a trained run")
     c.add_argument("run_dir", help="the run directory (printed by train, listed by runs)")
@@ -66,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="full, lora, qlora, or all (side by side)")
     pl.add_argument("--batch-size", type=int, default=None, help=FIELD_DOCS.get("batch_size", ""))
     pl.add_argument("--max-seq-len", type=int, default=None, help=FIELD_DOCS.get("max_seq_len", ""))
+    pl.add_argument("--seq-len", type=int, default=None,
+                    help="length batches are padded to: the data's longest row in tokens when shorter "
+                         "than max_seq_len (default: max_seq_len, the worst case)")
     pl.add_argument("--lora-r", type=int, default=None, help=FIELD_DOCS.get("lora_r", ""))
     pl.add_argument("--activation-checkpointing", action="store_true", default=None,
                     help=FIELD_DOCS.get("activation_checkpointing", ""))
@@ -73,13 +79,36 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--device", default=None, choices=["cpu", "cuda"],
                     help="device to plan for (default: this machine's)")
     pl.add_argument("--json", action="store_true", help="print a JSON object")
+
+    cm = sub.add_parser("compare", help="train full, LoRA and QLoRA on the same data and budget; print a table",
+                        description="Train each method in turn with the same data, steps, batch, sequence "
+                                    "length and seed (each in its own process, so peak memory is its own), "
+                                    "answer one prompt with each, and print the results. The comparison "
+                                    "folder is printed on the last line; exit 0 only if every method completed.")
+    cm.add_argument("--data", required=True, help=FIELD_DOCS.get("data", ""))
+    cm.add_argument("--max-steps", type=int, required=True, help="optimizer steps for every method, e.g. 30")
+    cm.add_argument("--methods", default="full,lora,qlora", help="comma-separated, in the order they run")
+    for name in ("model", "batch_size", "max_seq_len", "seed", "grad_accum", "lora_r", "val_fraction",
+                 "data_format", "runs_dir"):
+        cm.add_argument("--" + name.replace("_", "-"), dest=name, type=_TRAIN_FLAGS[name], default=None,
+                        help=FIELD_DOCS.get(name, ""))
+    cm.add_argument("--learning-rate", type=float, default=None,
+                    help="one rate for every method (default: full 5e-5, lora and qlora 1e-3)")
+    cm.add_argument("--prompt", default="", help="the prompt every result answers (default: the first "
+                                                 "held-out question of the data)")
+    cm.add_argument("--max-new-tokens", type=int, default=40, help="length of the sample answers")
+    cm.add_argument("--same-process", action="store_true",
+                    help="train every method in this process: starts faster, but on CPU a later method's "
+                         "peak memory can include what an earlier one left allocated")
+    cm.add_argument("--json", action="store_true", help="print comparison.json instead of the table")
     return p
 
 
 def cmd_train(args) -> int:
     from .training import train
     cfg = RunConfig.from_yaml(args.config) if args.config else RunConfig()
-    overrides = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in [*_TRAIN_FLAGS, "activation_checkpointing"]
+                 if getattr(args, k) is not None}
     cfg = RunConfig.from_dict({**cfg.to_dict(), **overrides})
     return _run_job_cli(lambda job_holder: train(cfg, on_job=job_holder))
 
@@ -104,7 +133,8 @@ def _run_job_cli(start) -> int:
     run_dir, status = start(jobs.append)
     info = run_dir.read_status()
     print(f"status: {status.value}, steps: {info.get('step')}/{info.get('total_steps')}, "
-          f"final loss: {info.get('final_loss')}, peak memory: {info.get('mem_peak_mib')} MiB")
+          f"final loss: {info.get('final_loss')}, peak memory: {info.get('mem_peak_mib')} MiB"
+          + (f" (forecast {info['forecast_mib']} MiB)" if info.get("forecast_mib") else ""))
     if status == Status.FAILED:
         print(f"error: {info.get('error')}", file=sys.stderr)
     print(run_dir.path)
@@ -155,19 +185,55 @@ def cmd_plan(args) -> int:
     cfg = RunConfig.from_dict(values)
     # the built-in shape is not a model id RunConfig knows; check every other setting
     cfg.replace(model=BUNDLED_MODEL if cfg.model == LLAMA_1B_SHAPE else cfg.model).validate(check_paths=False)
+    if args.seq_len is not None and args.seq_len < 1:
+        raise UserError(f"--seq-len must be >= 1 (tokens), got {args.seq_len}")
     methods = ["full", "lora", "qlora"] if args.method == "all" else [args.method]
-    report = plan(cfg, methods, args.device)
+    report = plan(cfg, methods, args.device, seq_len=args.seq_len)
     print(json.dumps(report, indent=2) if args.json else format_plan(report))
     return 0
+
+
+def cmd_compare(args) -> int:
+    import json
+
+    from .compare import DEFAULT_VAL_FRACTION, CompareConfig, ComparisonJob, format_table
+    from .rundir import Status
+    values = {"data": args.data, "max_steps": args.max_steps, "val_fraction": DEFAULT_VAL_FRACTION,
+              **{k: getattr(args, k) for k in ("model", "batch_size", "max_seq_len", "seed", "grad_accum",
+                                               "lora_r", "val_fraction", "data_format", "runs_dir")
+                 if getattr(args, k) is not None}}
+    config = CompareConfig(base=RunConfig.from_dict(values),
+                           methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                           learning_rate=args.learning_rate, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+    comparison = ComparisonJob(config)
+    comparison.prepare()
+    # Ctrl-C / SIGTERM: the running method stops after its step (result kept), the rest never start
+    def on_signal(signum, frame):
+        comparison.stop()
+        print("stopping the comparison after the current step...", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    status = comparison.run(same_process=args.same_process)
+    info = comparison.cdir.read()
+    if info.get("error"):
+        print(f"error: {info['error']}", file=sys.stderr)
+    if args.json:  # stdout is one JSON object, the folder included
+        print(json.dumps({**info, "path": str(comparison.cdir.path)}, indent=2))
+    else:
+        print(format_table(info["rows"], info["prompt"]))
+        print(f"status: {status.value}")
+        print(comparison.cdir.path)
+    return 0 if status == Status.COMPLETED else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("FT_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    if args.command in ("train", "resume"):
+    if args.command in ("train", "resume", "compare"):
         logging.getLogger("ft_engine").setLevel(logging.INFO)  # one progress line per logging step
     handlers = {"train": cmd_train, "chat": cmd_chat, "runs": cmd_runs, "export": cmd_export,
-                "resume": cmd_resume, "plan": cmd_plan}
+                "resume": cmd_resume, "plan": cmd_plan, "compare": cmd_compare}
     try:
         return handlers[args.command](args)
     except UserError as e:

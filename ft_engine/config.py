@@ -64,6 +64,9 @@ class RunConfig:
     token, prompts included."""
     val_fraction: float = 0.0
     """Share of rows held out for an evaluation loss (0 disables evaluation; e.g. 0.1)."""
+    max_rows: int = 0
+    """Train on the first N rows of the file only (0 = every row); a public demo caps it
+    with FT_MAX_ROWS."""
 
     # --- optimisation --------------------------------------------------------------------
     learning_rate: float = 2e-4
@@ -154,6 +157,7 @@ class RunConfig:
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
         need(0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), e.g. 0.1, got {self.val_fraction}")
+        need(self.max_rows >= 0, f"max_rows must be >= 0 (0 = every row), got {self.max_rows}")
         need(self.logging_steps >= 1, f"logging_steps must be >= 1, got {self.logging_steps}")
         need(self.eval_steps >= 0, f"eval_steps must be >= 0 (0 = at the end), got {self.eval_steps}")
         need(self.checkpoint_steps >= 0, f"checkpoint_steps must be >= 0 (0 = none), got {self.checkpoint_steps}")

@@ -147,6 +147,15 @@ class ModelShape:
     tied_embeddings: bool
     attention_bias: bool = False
     mlp_bias: bool = False
+    checkpoint_dtype: str = "float32"
+    """dtype of the weights in the model's files (config.json `dtype`; fp32 when it doesn't
+    say): what loading reads, and on CPU what stays mapped in memory (see `forecast`)."""
+
+    @property
+    def checkpoint_bytes(self) -> int:
+        """Bytes of the weights in the model's safetensors files (every parameter once; a tied
+        lm_head is stored once)."""
+        return _DTYPE_BYTES.get(self.checkpoint_dtype, 4) * self.total
 
     @property
     def q_dim(self) -> int:
@@ -218,7 +227,7 @@ def llama_1b_config():
     from transformers import LlamaConfig
     return LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                        head_dim=64, intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True,
-                       max_position_embeddings=131072)
+                       max_position_embeddings=131072, dtype="bfloat16")
 
 
 _SUPPORTED = {"llama", "mistral", "qwen2"}
@@ -263,7 +272,15 @@ def model_shape(model) -> ModelShape:
         tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
         attention_bias=bool(getattr(cfg, "attention_bias", mtype == "qwen2")),
         mlp_bias=bool(getattr(cfg, "mlp_bias", False)),
+        checkpoint_dtype=_dtype_name(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)),
     )
+
+
+def _dtype_name(dtype) -> str:
+    """'float32', 'bfloat16' or 'float16' from a config's dtype (a torch.dtype, a string or
+    None); anything else counts as float32, the largest, so a forecast errs on the safe side."""
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+    return name if name in _DTYPE_BYTES else "float32"
 
 
 # --- the forecast ---------------------------------------------------------------------------
@@ -727,8 +744,9 @@ def format_plan(report: dict[str, Any]) -> str:
              f"vocab {s['vocab']}{', tied embeddings' if s['tied_embeddings'] else ''})"]
     first = report["methods"][methods[0]]
     d = first["details"]
+    seq = f"{d['seq_len']}" + (f" (max_seq_len {d['max_seq_len']})" if d["seq_len"] != d["max_seq_len"] else "")
     lines.append(f"device: {first['device']} ({first['precision']}); batch {d['batch_size']} x seq "
-                 f"{d['max_seq_len']} = {d['tokens_per_batch']:,} tokens; optimizer {d['optimizer']}; "
+                 f"{seq} = {d['tokens_per_batch']:,} tokens; optimizer {d['optimizer']}; "
                  f"activation checkpointing {'on' if d['activation_checkpointing'] else 'off'}")
     width = max(len(v) for v in COMPONENT_LABELS.values()) + 2
     lines.append("")

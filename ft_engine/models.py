@@ -25,7 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,31 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
         log.warning("%s has no chat template; using ChatML", model)
         tok.chat_template = CHATML_TEMPLATE
     return tok
+
+
+def context_length(model: str) -> int | None:
+    """The longest sequence the model was built for (max_position_embeddings in its
+    config.json), or None when its config does not say."""
+    from transformers import AutoConfig
+    try:
+        config = AutoConfig.from_pretrained(model_source(model), token=os.environ.get("HF_TOKEN"),
+                                            trust_remote_code=False)
+    except OSError as e:
+        raise _hub_error(model, e) from e
+    except ValueError as e:  # e.g. a model_type transformers does not know (remote code is never run)
+        raise UserError(f"cannot read the config of model '{model}': {str(e).splitlines()[0]}; use a "
+                        f"Llama-style model that transformers supports") from None
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def check_max_seq_len(model: str, max_seq_len: int) -> None:
+    """Refuse a max_seq_len longer than the model's context: positions past it were never
+    trained (and rotary models degrade or fail there)."""
+    limit = context_length(model)
+    if limit is not None and max_seq_len > limit:
+        raise ConfigError([f"max_seq_len {max_seq_len} is over the limit of model '{model}', {limit} tokens "
+                           f"(max_position_embeddings); set max_seq_len to {limit} or less"])
 
 
 # --- numerics -------------------------------------------------------------------------------

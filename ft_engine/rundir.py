@@ -54,11 +54,13 @@ class Status(str, enum.Enum):
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """ISO time to the millisecond: runs queued or started within one second still sort in order."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def slugify(name: str) -> str:
-    """A run name as a file-name-safe slug: lowercase letters, digits and '-'."""
+    """A run name as a file-name-safe slug: lowercase ASCII letters, digits and '-' (so no
+    '/', '..', spaces or other characters of any name a user gives reach a file name)."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return slug[:40].strip("-")
 
@@ -182,15 +184,19 @@ class RunDir:
 
     @property
     def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first. The Trainer writes trainer_state.json last, so a
+        checkpoint the process was killed while saving (no such file) is not offered to resume."""
         ckpt = self.path / CHECKPOINTS_DIR
-        found = [p for p in ckpt.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+        found = [p for p in ckpt.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()
+                 and (p / "trainer_state.json").is_file()]
         return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
     @property
     def result_dir(self) -> Path | None:
         """adapter/ or model/, whichever the run produced."""
         for name in (ADAPTER_DIR, MODEL_DIR):
-            if (self.path / name).is_dir():
+            # a link could make an export zip a folder outside the run: never followed
+            if (self.path / name).is_dir() and not (self.path / name).is_symlink():
                 return self.path / name
         return None
 
@@ -214,7 +220,8 @@ def list_runs(runs_dir: str | os.PathLike) -> list[RunDir]:
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    return [RunDir(p) for p in sorted(root.iterdir()) if (p / STATUS_FILE).is_file()]
+    # a link to a folder elsewhere is not a run of this folder (run_by_id refuses it too)
+    return [RunDir(p) for p in sorted(root.iterdir()) if not p.is_symlink() and (p / STATUS_FILE).is_file()]
 
 
 def summarize(run: RunDir) -> dict[str, Any]:
@@ -259,6 +266,6 @@ def run_by_id(runs_dir: str | os.PathLike, run_id: str) -> RunDir:
     if not isinstance(run_id, str) or not _SAFE_ID.fullmatch(run_id) or ".." in run_id:
         raise UserError(f"{run_id!r} is not a run id; pick a run from the list")
     target = root / run_id
-    if target.is_symlink() or not (target / STATUS_FILE).is_file():
+    if target.is_symlink() or target.resolve().parent != root or not (target / STATUS_FILE).is_file():
         raise UserError(f"no run {run_id!r} here; refresh the list of runs")
     return RunDir(target)

@@ -31,7 +31,7 @@ from . import memory
 from .config import RunConfig
 from .data import load_examples
 from .errors import UserError
-from .models import build_model, load_tokenizer, resolve_precision
+from .models import build_model, check_max_seq_len, load_tokenizer, resolve_precision
 from .render import EncodedData, PadToLongest, encode_all
 from .rundir import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, MODEL_DIR, RunDir,
                      Status, atomic_write_text, new_run_id, open_run, utc_now)
@@ -62,11 +62,13 @@ class _RunCallback(TrainerCallback):
         self.job.event("started", f"training {state.max_steps} steps", state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
+        # Write the step before looking at the stop flag: a stop asked for after anyone read
+        # step N then ends the run at step N + 1 at the latest.
+        self.run.write_status(step=state.global_step, epoch=round(state.epoch or 0, 4),
+                              elapsed_s=self._elapsed())
         if self.job.stop_event.is_set():
             control.should_training_stop = True
             control.should_save = False  # the final save below keeps what was trained
-        self.run.write_status(step=state.global_step, epoch=round(state.epoch or 0, 4),
-                              elapsed_s=self._elapsed())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -121,7 +123,11 @@ class TrainingJob:
         A bad file or model raises UserError and leaves nothing on disk."""
         cfg = self.config
         data = load_examples(cfg.data, cfg.data_format)
+        rows_in_file = len(data.examples)
+        if cfg.max_rows:
+            data.examples = data.examples[: cfg.max_rows]  # the first rows, in file order
         self.tokenizer = load_tokenizer(cfg.model)
+        check_max_seq_len(cfg.model, cfg.max_seq_len)
         self.encoded = encode_all(data, self.tokenizer, cfg.max_seq_len, cfg.train_on_prompt)
         n_val = _n_val(len(self.encoded.rows), cfg.val_fraction)
         if len(self.encoded.rows) - n_val < 1:
@@ -136,12 +142,16 @@ class TrainingJob:
             self.run_dir.write_json(DATA_FILE, {
                 "file": str(cfg.data), "format": data.format, "description": data.describe(),
                 "ignored_columns": data.ignored_columns, "val_rows": n_val,
-                "train_rows": len(self.encoded.rows) - n_val, **self.encoded.summary(),
+                "train_rows": len(self.encoded.rows) - n_val, "rows_in_file": rows_in_file,
+                "max_rows": cfg.max_rows, **self.encoded.summary(),
             })
             self.run_dir.write_status(
                 status=Status.QUEUED, name=cfg.run_name or self.run_dir.run_id, method=cfg.method,
                 model=cfg.model, step=0, total_steps=None, created_at=utc_now(),
                 started_at=None, ended_at=None, error=None)
+            if len(data.examples) < rows_in_file:
+                self.event("data", f"training on the first {len(data.examples)} of {rows_in_file} rows "
+                                   f"(max_rows={cfg.max_rows})")
         return self.run_dir
 
     # --- run ---------------------------------------------------------------------------------
@@ -180,8 +190,11 @@ class TrainingJob:
         except UserError as e:
             self._fail(str(e), trainer)
         except Exception as e:  # a bug or an environment failure: keep the traceback in the log
-            log.exception("run %s failed", run.run_id)
-            self._fail(f"{type(e).__name__}: {e}", trainer, tb=traceback.format_exc())
+            tb = traceback.format_exc()
+            # the text, not exc_info: a log handler that keeps records (pytest's, a buffering one)
+            # would keep the traceback's frames alive, and with them the model and its memory
+            log.error("run %s failed:\n%s", run.run_id, tb)
+            self._fail(f"{type(e).__name__}: {e}", trainer, tb=tb)
         finally:
             # Free the model before returning so a long-lived app gets its memory back.
             del model, trainer

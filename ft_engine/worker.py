@@ -4,6 +4,10 @@ The studio submits RunConfigs here and reads everything else from the run direct
 Submitting validates config and data at once (so the user hears about a bad row immediately)
 and creates the run directory with status `queued`; the worker thread then runs the jobs in
 order. A queued run that is stopped never starts and is marked `stopped`.
+
+Each run's status.json gets `queued_at` when it joins the queue (under the queue's lock, so
+`queued_at` order is queue order) next to the engine's `started_at` / `ended_at`: anyone can
+check from the files alone that runs started in the order they were queued and never overlapped.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
+from . import stack
 from .config import RunConfig
 from .errors import UserError
 from .rundir import RunDir, Status, utc_now
@@ -29,27 +34,38 @@ class Worker:
         self._current: TrainingJob | None = None
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._resuming: set[str] = set()  # run ids being prepared for resume, not yet queued
 
     # --- submitting ---------------------------------------------------------------------------
     def submit(self, config: RunConfig) -> RunDir:
         """Validate and queue a new run; raises UserError on bad settings or data."""
-        from .training import TrainingJob  # torch/transformers load on first use, not at app start
+        stack.load()  # torch/transformers load on first use, not at app start; one thread at a time
+        from .training import TrainingJob
         job = TrainingJob(config)
         job.prepare()
         return self._enqueue(job)
 
     def resume(self, run: RunDir) -> RunDir:
-        """Queue an interrupted or stopped run to continue from its last checkpoint."""
+        """Queue an interrupted or stopped run to continue from its last checkpoint.
+        Raises UserError when it is queued or running already, completed, or has no checkpoint."""
         with self._cv:
-            if self._owns(run.run_id):
-                raise UserError(f"run {run.run_id} is already queued or running")
-        from .training import resume_job
-        job = resume_job(run)
-        job.run_dir.write_status(status=Status.QUEUED, ended_at=None, error=None)
-        return self._enqueue(job)
+            # two clicks on Resume must not queue the same run twice
+            if self._owns(run.run_id) or run.run_id in self._resuming:
+                raise UserError(f"run {run.run_id} is already queued or running; "
+                                f"watch it in the Monitor tab or stop it first")
+            self._resuming.add(run.run_id)
+        try:
+            stack.load()
+            from .training import resume_job
+            job = resume_job(run)  # reads the checkpoint list and data: not under the queue's lock
+            return self._enqueue(job, ended_at=None, error=None)
+        finally:
+            with self._cv:
+                self._resuming.discard(run.run_id)
 
-    def _enqueue(self, job: TrainingJob) -> RunDir:
+    def _enqueue(self, job: TrainingJob, **status) -> RunDir:
         with self._cv:
+            job.run_dir.write_status(status=Status.QUEUED, queued_at=utc_now(), **status)
             self._queue.append(job)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="ft-worker", daemon=True)

@@ -37,14 +37,18 @@ def log_tail(log_file: Path, chars: int = 6000) -> str:
 
 
 @contextmanager
-def running_app(runs_dir: Path, log_file: Path, timeout: float = 90.0, while_booting=None):
+def running_app(runs_dir: Path, log_file: Path, timeout: float = 90.0, while_booting=None,
+                extra_env: dict[str, str] | None = None):
     """Yields (url, process, log_file) once the app answers HTTP 200; stops it afterwards.
-    `while_booting()` (optional) runs in this process while the server starts."""
+    `while_booting()` (optional) runs in this process while the server starts; `extra_env`
+    sets environment variables of the app (limits, login, tokens)."""
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "FT_RUNS_DIR": str(runs_dir), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    env.pop("FT_MAX_STEPS", None)
+    for name in ("FT_MAX_STEPS", "FT_MAX_ROWS", "FT_MAX_UPLOAD_MB", "FT_AUTH"):
+        env.pop(name, None)
+    env.update(extra_env or {})
     url = f"http://127.0.0.1:{port}/"
     with open(log_file, "wb") as log:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log,

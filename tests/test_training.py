@@ -57,6 +57,9 @@ def test_adapters_leave_base_weights_bit_identical(tiny_model, chat_file, tmp_pa
     enc = encode_all(load_examples(chat_file), tok, 128)
     batch = PadToLongest(tok.pad_token_id)([{"input_ids": r.input_ids, "labels": r.labels} for r in enc.rows])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    # train mode, as the Trainer sets it: in eval mode bitsandbytes repacks 4-bit weights into
+    # its AVX512-BF16 layout on CPUs that have it (same values, different bytes)
+    model.train()
     for _ in range(3):
         model(**batch).loss.backward()
         opt.step()

@@ -242,10 +242,10 @@ def test_preview_html_train_on_prompt_marks_everything(tiny_model, chat_file):
 
 def test_summary_markdown_rows_format_and_truncation(tiny_model):
     sample = str(ASSETS / "tiny_facts.jsonl")
-    cut = preview_data(sample, model=tiny_model, max_seq_len=16)
+    cut = preview_data(sample, model=tiny_model, max_seq_len=32)  # at 16 every answer is cut away: refused
     text = summary_markdown(cut, sample)
     assert "12 rows" in text and "format **chat**" in text
-    assert f"{cut.truncated_rows} rows longer than 16 tokens" in text and cut.truncated_rows == 12
+    assert f"{cut.truncated_rows} rows longer than 32 tokens" in text and cut.truncated_rows == 12
     assert f"longest {max(cut.token_lengths)}" in text
     whole = preview_data(sample, model=tiny_model, max_seq_len=4096)
     text = summary_markdown(whole, sample)

@@ -9,9 +9,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ft_engine import stack
 from ft_engine.errors import UserError
 from ft_engine.rundir import RunDir, list_runs, run_by_id
 from ft_engine.worker import Worker
+
+from .limits import describe_bytes, max_upload_bytes
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 UPLOADS = ".uploads"  # inside runs_dir: uploads outlive Gradio's temporary files
@@ -36,19 +39,37 @@ class Studio:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
 
     # --- data files -----------------------------------------------------------------------
-    def keep_upload(self, tmp_path: str) -> Path:
-        """Copy an uploaded file next to the runs (content-addressed), so its runs can be
-        resumed after Gradio cleaned its temporary folder."""
+    def check_upload(self, tmp_path: str) -> Path:
+        """Refuse an upload of a type the engine cannot read, or over FT_MAX_UPLOAD_MB, before
+        anything of it is read. Gradio enforces both too (file_types, max_file_size); this
+        holds for every caller, whatever Gradio lets through."""
         src = Path(tmp_path)
         if src.suffix.lower() not in ALLOWED_SUFFIXES:
             raise UserError(f"{src.name}: files of type '{src.suffix or 'none'}' are not accepted; "
                             f"upload one of {', '.join(ALLOWED_SUFFIXES)}")
-        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in src.name)[-80:]
+        limit, size = max_upload_bytes(), src.stat().st_size
+        if size > limit:
+            raise UserError(f"{src.name} is {describe_bytes(size)}, over this studio's upload limit of "
+                            f"{describe_bytes(limit)} (FT_MAX_UPLOAD_MB); upload a smaller file, e.g. fewer rows")
+        return src
+
+    def keep_upload(self, tmp_path: str) -> Path:
+        """Copy an uploaded file next to the runs (content-addressed), so its runs can be
+        resumed after Gradio cleaned its temporary folder."""
+        src = self.check_upload(tmp_path)
+        with open(src, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        safe = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "_" for c in src.name)[-80:]
         dest = self.runs_dir / UPLOADS / f"{digest}-{safe}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists():
-            shutil.copyfile(src, dest)
+            # copy under a temporary name, then rename: a failed copy never leaves half a file
+            part = dest.with_name(f".{dest.name}.part")
+            try:
+                shutil.copyfile(src, part)
+                part.replace(dest)
+            finally:
+                part.unlink(missing_ok=True)
         return dest
 
     def checked_data_path(self, path: str) -> str:
@@ -77,6 +98,7 @@ class Studio:
 
     def chat_model(self, run_id: str):
         """The ChatModel of a run, loading it if needed (and unloading the previous one)."""
+        stack.load()  # one thread at a time imports transformers (ft_engine/stack.py)
         from ft_engine.inference import ChatModel
         with self._chat_lock:
             if self._chat is None or self._chat[0] != run_id:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from ft_engine import stack
 from ft_engine.errors import DataError, UserError
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
 from .charts import token_length_histogram
 from .context import ALLOWED_SUFFIXES, Studio, sample_datasets
+from .form import check_model_value
+from .limits import describe_bytes, max_rows_cap, max_steps_cap, max_upload_bytes
 
 DEFAULT_SAMPLE = "zubrowka_facts.jsonl"
 
@@ -45,38 +48,76 @@ def preview_html(preview: DataPreview) -> str:
     return legend + "".join(blocks)
 
 
-def summary_markdown(preview: DataPreview, path: str) -> str:
+def _rows_named(rows: list[int], kind: str, shown: int = 5) -> str:
+    """"lines 3, 7 and 9" / "line 4" / "records 1, 2, 3, 4, 5 and 12 more"."""
+    head = ", ".join(str(r) for r in rows[:shown])
+    if len(rows) > shown:
+        return f"{kind}s {head} and {len(rows) - shown} more"
+    if len(rows) > 1:
+        return f"{kind}s {head.rsplit(', ', 1)[0]} and {rows[len(rows) - 1]}"
+    return f"{kind} {head}"
+
+
+def summary_markdown(preview: DataPreview, path: str, rows_cap: int = 0) -> str:
     lengths = sorted(preview.token_lengths)
     median = lengths[len(lengths) // 2] if lengths else 0
     cut = preview.truncated_rows
+    kind = preview.row_kind
     lines = [
         f"### ✅ Ready: {preview.rows} rows, format **{preview.format}**",
         f"{preview.description}.",
         f"Tokens per row: median {median}, longest {max(lengths, default=0)}.",
-        (f"⚠️ **{cut} row{'s' if cut != 1 else ''} longer than {preview.max_seq_len} tokens** will be cut "
-         f"(raise the maximum length to keep them whole)." if cut else
-         f"No row is longer than the maximum length ({preview.max_seq_len} tokens)."),
     ]
+    if cut:
+        longest = sorted(preview.long_rows, key=lambda r: -r[1])
+        named = ", ".join(f"{kind} {row} ({n} tokens)" for row, n in longest[:5])
+        lines.append(f"⚠️ **{cut} row{'s' if cut != 1 else ''} longer than {preview.max_seq_len} tokens** will be "
+                     f"cut: {named}{f' and {cut - 5} more' if cut > 5 else ''}. Raise the maximum length to "
+                     f"{max(n for _, n in longest)} to keep {'them' if cut != 1 else 'it'} whole, or shorten "
+                     f"{'those rows' if cut != 1 else 'that row'}.")
+    else:
+        lines.append(f"No row is longer than the maximum length ({preview.max_seq_len} tokens).")
+    if preview.dropped_rows:
+        n = len(preview.dropped_rows)
+        lines.append(f"⚠️ {_rows_named(preview.dropped_rows, kind)} lose{'s' if n == 1 else ''} the whole answer to "
+                     f"the cut and {'is' if n == 1 else 'are'} skipped in training; raise the maximum length "
+                     f"or shorten {'its' if n == 1 else 'their'} prompt{'s' if n != 1 else ''}.")
+    if preview.rows_in_file > preview.rows:
+        lines.append(f"ℹ️ Demo limit: this studio trains on at most {rows_cap or preview.rows} rows (FT_MAX_ROWS), "
+                     f"so runs use the first {preview.rows} of the file's {preview.rows_in_file} rows.")
     if preview.ignored_columns:
         lines.append(f"Columns not used: {', '.join(preview.ignored_columns)}.")
     return "\n\n".join(lines)
 
 
-def error_markdown(err: UserError) -> str:
-    """A readable list of what is wrong, row by row, never a stack trace."""
+def error_markdown(err: UserError, shown_name: str | None = None, path: str | None = None) -> str:
+    """A readable list of what is wrong, row by row, never a stack trace. `path` (the file as
+    the server stores it) is shown as `shown_name` (as the user knows it)."""
     if isinstance(err, DataError):
         items = "\n".join(f"- {html.escape(str(p))}" for p in err.problems[:10])
         more = f"\n\n…and {err.total - 10} more." if err.total > 10 else ""
+        name = shown_name or err.path.rsplit('/', 1)[-1]
         return (f"### ❌ This file can't be used yet ({err.total} problem{'s' if err.total != 1 else ''})\n\n"
-                f"`{html.escape(err.path.rsplit('/', 1)[-1])}`\n\n{items}{more}\n\n"
+                f"`{html.escape(name)}`\n\n{items}{more}\n\n"
                 f"Fix these rows and upload the file again.")
-    return f"### ❌ {html.escape(str(err))}"
+    text = str(err)
+    if path and shown_name:
+        text = text.replace(path, shown_name)  # never show the server's folders
+    return f"### ❌ {html.escape(text)}"
+
+
+def demo_note() -> str:
+    """What demo mode (FT_MAX_ROWS, FT_MAX_STEPS) allows, said up front; empty without caps."""
+    caps = [f"the first {n} rows of a file" for n in [max_rows_cap()] if n] + \
+           [f"{n} training steps" for n in [max_steps_cap()] if n]
+    return f" **Demo mode:** each run uses at most {' and '.join(caps)}." if caps else ""
 
 
 def build(studio: Studio, model: gr.Dropdown) -> DataWidgets:
     samples = sample_datasets()
     gr.Markdown("## 1 · Your data\nUpload examples of what the model should learn, or start with a sample. "
-                "Accepted: " + ", ".join(ALLOWED_SUFFIXES) + ".")
+                "Accepted: " + ", ".join(ALLOWED_SUFFIXES) + f", up to {describe_bytes(max_upload_bytes())}."
+                + demo_note())
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Upload a data file", file_types=list(ALLOWED_SUFFIXES), type="filepath")
@@ -102,22 +143,31 @@ def build(studio: Studio, model: gr.Dropdown) -> DataWidgets:
     def validate_data(file: str | None, sample_name: str | None, model_id: str, max_len: float,
                       prompt_too: bool, fmt: str):
         """Check a data file: summary, token-length histogram, preview, and the kept path."""
-        from ft_engine.preview import preview_data  # loads transformers on first use
+        stack.load()  # torch + transformers on first use, one thread at a time (ft_engine/stack.py)
+        from ft_engine.models import check_max_seq_len
+        from ft_engine.preview import preview_data
+        if file:
+            path, shown_name = Path(file), Path(file).name
+        elif sample_name and sample_name in samples:
+            path, shown_name = samples[sample_name], sample_name
+        else:
+            return "Pick a sample or upload a file first.", None, "", ""
+        rows_cap = max_rows_cap()
         try:
             if file:
-                path, shown_name = studio.keep_upload(file), Path(file).name
-            elif sample_name and sample_name in samples:
-                path, shown_name = samples[sample_name], sample_name
-            else:
-                return "Pick a sample or upload a file first.", None, "", ""
-            preview = preview_data(str(path), model=model_id or "bundled", max_seq_len=int(max_len),
-                                   train_on_prompt=bool(prompt_too), data_format=fmt or "auto")
+                studio.check_upload(file)  # type and size, before anything is read
+            model = check_model_value(model_id or "bundled")
+            check_max_seq_len(model, int(max_len))
+            preview = preview_data(str(path), model=model, max_seq_len=int(max_len),
+                                   train_on_prompt=bool(prompt_too), data_format=fmt or "auto", max_rows=rows_cap)
+            if file:  # kept only once it is known to be usable: a bad upload leaves nothing behind
+                path = studio.keep_upload(file)
         except UserError as e:
-            return error_markdown(e), None, "", ""
+            return error_markdown(e, shown_name, str(path)), None, "", ""
         # name the file as the user knows it, not as it is stored
         preview.description = preview.description.replace(Path(path).name, shown_name)
-        return (summary_markdown(preview, str(path)), token_length_histogram(preview.token_lengths, int(max_len)),
-                preview_html(preview), str(path))
+        return (summary_markdown(preview, str(path), rows_cap),
+                token_length_histogram(preview.token_lengths, int(max_len)), preview_html(preview), str(path))
 
     inputs = [upload, sample, model, max_seq_len, train_on_prompt, data_format]
     outputs = [summary, histogram, examples, data_path]

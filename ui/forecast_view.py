@@ -11,6 +11,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from ft_engine import stack
 from ft_engine.config import RunConfig
 from ft_engine.errors import UserError
 
@@ -69,6 +70,7 @@ class MemoryView:
 def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -> MemoryView:
     """Forecast `config` with each method on this machine (or `available`, the tuple
     ft_engine.forecast.available_memory returns). seq_len: the data's longest row, when known."""
+    stack.load()  # one thread at a time imports transformers (ft_engine/stack.py)
     from ft_engine.forecast import MIB, available_memory, forecast, model_shape, suggestions, verdict
     shape = model_shape(config.model)  # UserError for unknown or unsupported models
     avail = available or available_memory()
@@ -109,6 +111,7 @@ def longest_row(data_path: str | None, model: str, data_format: str = "auto") ->
 
 @functools.lru_cache(maxsize=16)
 def _longest_row(path: str, stamp: int, model: str, data_format: str) -> int:
+    stack.load()
     from ft_engine.preview import preview_data
     lengths = preview_data(path, model=model, max_seq_len=131072, data_format=data_format,
                            n_examples=0).token_lengths

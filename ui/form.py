@@ -6,16 +6,19 @@ values mean. Unit-tested in tests/test_ui_form.py.
 
 from __future__ import annotations
 
-import os
+import re
 from typing import Any
 
-from ft_engine.config import ALL_LINEAR, RunConfig
+from ft_engine.config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
+from ft_engine.errors import ConfigError
+
+from .limits import max_rows_cap, max_steps_cap
 
 # The hyperparameter widgets of the Train tab, in display order; names are RunConfig fields.
 # The data settings (max_seq_len, val_fraction, train_on_prompt, data_format) live in the
 # Data tab, next to the preview they change.
 ADVANCED_FIELDS = [
-    "learning_rate", "max_steps", "epochs", "batch_size", "grad_accum",
+    "learning_rate", "max_steps", "epochs", "max_rows", "batch_size", "grad_accum",
     "warmup_ratio", "scheduler", "weight_decay", "max_grad_norm", "optimizer",
     "activation_checkpointing", "seed", "logging_steps", "eval_steps",
     "checkpoint_steps", "checkpoints_kept", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
@@ -76,16 +79,35 @@ def _int(value: Any) -> Any:
     return value
 
 
+def check_model_value(model: Any) -> str:
+    """The model a studio user asked for, refused when it plays path tricks.
+
+    Through the studio a model is 'bundled', a hub id (owner/name) or a model folder on the
+    server; '..', '~', backslashes and control characters are refused outright, so a user
+    value can't walk the server's folders (the engine's own check then says whether a folder
+    holds a model). Raises ConfigError naming the setting and the fix."""
+    text = model.strip() if isinstance(model, str) else model
+    if not isinstance(text, str) or not text:
+        raise ConfigError([f"model is empty: use '{BUNDLED_MODEL}', a hub id like owner/name, or a model folder"])
+    parts = re.split(r"[/\\]", text)
+    if ".." in parts or text.startswith("~") or "\\" in text or any(ord(c) < 32 for c in text):
+        raise ConfigError([f"model {text!r} is not accepted here ('..', '~', '\\' and control characters "
+                           f"are refused): use '{BUNDLED_MODEL}', a hub id like owner/name, or the absolute "
+                           f"path of a model folder"])
+    return text
+
+
 def config_from_form(values: dict[str, Any], *, check_paths: bool = True) -> RunConfig:
     """Build the RunConfig from the studio's widget values (names are RunConfig fields).
 
     Numbers typed into number boxes arrive as floats, empty boxes as None; targets as a list
     from a checkbox group. The result is validated: a ConfigError lists every bad value.
-    Demo caps (FT_MAX_STEPS) are applied here so a public Space can't be asked for more.
+    Demo caps (FT_MAX_STEPS, FT_MAX_ROWS) are applied here, for the UI and the API alike, so
+    a public Space can't be asked for more; a model value with path tricks is refused.
     check_paths=False: for a forecast, which needs the settings but not the data file yet.
     """
     v = {k: val for k, val in values.items() if val is not None and val != ""}
-    for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "seed", "logging_steps",
+    for key in ("max_steps", "max_rows", "batch_size", "grad_accum", "max_seq_len", "seed", "logging_steps",
                 "eval_steps", "checkpoint_steps", "checkpoints_kept", "lora_r", "lora_alpha"):
         if key in v:
             v[key] = _int(v[key])
@@ -93,11 +115,14 @@ def config_from_form(values: dict[str, Any], *, check_paths: bool = True) -> Run
     if isinstance(targets, (list, tuple)):
         # "all-linear" already covers every other choice; an empty choice means the default
         v["lora_target_modules"] = [ALL_LINEAR] if (not targets or ALL_LINEAR in targets) else list(targets)
-    if isinstance(v.get("model"), str):
-        v["model"] = v["model"].strip()
-    config = RunConfig.from_dict(v)  # types checked here, so the cap below compares numbers
-    cap = int(os.environ.get("FT_MAX_STEPS", "0") or 0)
-    if cap > 0:
+    if "model" in v:
+        v["model"] = check_model_value(v["model"])
+    config = RunConfig.from_dict(v)  # types checked here, so the caps below compare numbers
+    steps_cap, rows_cap = max_steps_cap(), max_rows_cap()
+    if steps_cap > 0:
         # A public demo must not train for hours: cap the steps, and turn epochs into a capped count.
-        config.max_steps = min(config.max_steps or cap, cap)
+        config.max_steps = min(config.max_steps or steps_cap, steps_cap)
+    if rows_cap > 0:
+        # nor on a huge file: only its first rows (the Data tab and the run's events say so)
+        config.max_rows = min(config.max_rows or rows_cap, rows_cap)
     return config.validate(check_paths=check_paths)

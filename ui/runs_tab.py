@@ -1,5 +1,6 @@
 """Runs tab: every run on disk in one table, loss curves of several runs overlaid, and for
-one run: download (adapter or merged model, zipped), push to the Hugging Face Hub, delete."""
+one run: resume (a stopped or interrupted run, from its last checkpoint), download (adapter or
+merged model, zipped), push to the Hugging Face Hub, delete."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import gradio as gr
 
+from ft_engine import stack
 from ft_engine.errors import UserError
 from ft_engine.rundir import delete_run, summarize
 
 from .charts import loss_overlay
 from .context import Studio
+from .train_tab import queue_message
 
 COLUMNS = ["name", "method", "model", "status", "steps", "train loss", "eval loss", "peak memory (GiB)",
            "duration", "tokens/s", "run id"]
@@ -49,6 +52,10 @@ def build(studio: Studio):
     gr.Markdown("### One run")
     selected = gr.Dropdown(ids, value=ids[0] if ids else None, label="Run", allow_custom_value=True)
     with gr.Row():
+        with gr.Column():
+            resume_btn = gr.Button("⟳ Resume")
+            gr.Markdown("<small>A stopped or interrupted run continues from its last checkpoint to its "
+                        "planned number of steps; it joins the training queue like a new run.</small>")
         with gr.Column():
             kind = gr.Radio([("Adapter only (small)", "adapter"), ("Merged standalone model", "merged")],
                             value="adapter", label="Download",
@@ -89,7 +96,8 @@ def build(studio: Studio):
         """Zip of the run's adapter ("adapter") or merged standalone model ("merged")."""
         if not run_id:
             raise gr.Error("Pick a run first.")
-        from ft_engine.export import zip_result  # loads torch on first use
+        stack.load()  # loads torch on first use, one thread at a time (ft_engine/stack.py)
+        from ft_engine.export import zip_result
         try:
             return str(zip_result(studio.run(run_id), export_kind, tempfile.mkdtemp(prefix="ft-export-")))
         except UserError as e:
@@ -98,6 +106,7 @@ def build(studio: Studio):
     export_btn.click(export_run, [selected, kind], download, api_name="export_run")
 
     def push(run_id: str, repo_id: str, typed_token: str, is_private: bool, export_kind: str):
+        stack.load()
         from ft_engine.export import push_to_hub
         tok = typed_token or os.environ.get("HF_TOKEN", "")
         try:
@@ -121,6 +130,29 @@ def build(studio: Studio):
 
     delete_btn.click(delete, [selected, confirm], [result, table, overlay_pick, selected, confirm],
                      api_visibility="private")
+
+    def resume_run(run_id: str) -> dict:
+        """Continue a stopped or interrupted run from its last checkpoint to its planned number of
+        steps; it joins the queue like a new run. Returns run_id, position (runs ahead of it) and
+        message, as start_training does; when it cannot resume, run_id is empty and message says why."""
+        try:
+            run = studio.worker.resume(studio.run(run_id))
+        except UserError as e:
+            return {"run_id": "", "position": None, "message": str(e)}
+        studio.forget_chat(run.run_id)  # its result is replaced when the resumed run ends
+        return {"run_id": run.run_id, "position": studio.worker.position(run.run_id),
+                "message": queue_message(studio, run.run_id)}
+
+    def resume_clicked(run_id: str):
+        if not run_id:
+            return "Pick a run first.", gr.update()
+        answer = resume_run(run_id)
+        if not answer["run_id"]:
+            return f"❌ {answer['message']}", gr.update()
+        return answer["message"], table_rows(studio)
+
+    resume_btn.click(resume_clicked, selected, [result, table], api_visibility="private")
+    gr.api(resume_run, api_name="resume_run")
 
     def list_runs() -> list[dict]:
         """Every run on disk, newest first, with status, steps, losses, peak memory, duration."""

@@ -178,7 +178,8 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
         hidden = [gr.update(visible=False) for _ in range(MAX_FIXES)]
         try:
             config = config_from_form({**form, "data": ""}, check_paths=False)
-            view = memory_view(config, longest_row(form["data"], config.model, config.data_format))
+            data = form["data"] and studio.checked_data_path(form["data"])  # an upload or a sample, nothing else
+            view = memory_view(config, longest_row(data, config.model, config.data_format))
         except UserError as e:  # a half-typed setting or an unknown model: say why, keep going
             return None, no_forecast_markdown(e), *hidden, []
         buttons = [gr.update(visible=True, value=f.label) for f in view.fixes] + hidden[len(view.fixes):]
