@@ -24,7 +24,7 @@ _TRAIN_FLAGS = {
     "learning_rate": float, "batch_size": int, "max_seq_len": int, "lora_r": int,
     "runs_dir": str, "run_name": str, "seed": int, "data_format": str, "val_fraction": float,
     "grad_accum": int, "lora_alpha": int, "optimizer": str, "scheduler": str, "warmup_ratio": float,
-    "checkpoint_steps": int, "eval_steps": int, "precision": str,
+    "checkpoint_steps": int, "eval_steps": int, "precision": str, "max_rows": int,
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import random
 import shutil
 import threading
@@ -190,7 +191,7 @@ class TrainingJob:
         except UserError as e:
             self._fail(str(e), trainer)
         except Exception as e:  # a bug or an environment failure: keep the traceback in the log
-            tb = traceback.format_exc()
+            tb = _scrub(traceback.format_exc())
             # the text, not exc_info: a log handler that keeps records (pytest's, a buffering one)
             # would keep the traceback's frames alive, and with them the model and its memory
             log.error("run %s failed:\n%s", run.run_id, tb)
@@ -325,9 +326,16 @@ class TrainingJob:
         }
 
     def _fail(self, message: str, trainer, tb: str | None = None) -> None:
+        message, tb = _scrub(message), _scrub(tb)
         self.event("error", message, _step(trainer))
         self.run_dir.write_status(status=Status.FAILED, ended_at=utc_now(), error=message,
                                   step=_step(trainer), **({"traceback": tb} if tb else {}))
+
+
+def _scrub(text: str | None) -> str | None:
+    """A library may echo a request, token included, into its exception: never write it out."""
+    token = os.environ.get("HF_TOKEN")
+    return text.replace(token, "***") if text and token else text
 
 
 def _n_val(n_rows: int, fraction: float) -> int:

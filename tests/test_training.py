@@ -178,6 +178,23 @@ def test_any_failure_is_recorded(tiny_model, chat_file, runs_dir, monkeypatch):
     assert s["error"] == "ZeroDivisionError: division by zero" and "traceback" in s
 
 
+def test_a_token_in_an_exception_is_not_written(tiny_model, chat_file, runs_dir, monkeypatch, caplog):
+    import ft_engine.training as training
+    token = "hf_FAKEtoken1234567890abcdef"
+    monkeypatch.setenv("HF_TOKEN", token)
+
+    def leaky(config):
+        raise RuntimeError(f"request to the hub failed: Authorization: Bearer {token}")
+
+    monkeypatch.setattr(training, "build_model", leaky)
+    run, status = train(cfg_for(tiny_model, chat_file, runs_dir))
+    assert status == Status.FAILED and "Bearer ***" in run.read_status()["error"]
+    assert "Bearer ***" in caplog.text and token not in caplog.text
+    for f in run.path.rglob("*"):
+        if f.is_file():
+            assert token not in f.read_text(errors="replace"), f
+
+
 def test_bad_data_leaves_nothing_on_disk(tiny_model, tmp_path, runs_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "x", "output": ""}\n')
