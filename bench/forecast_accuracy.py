@@ -118,14 +118,33 @@ def write_data(path: Path, docs: int = 24, words: int = 1200) -> Path:
 
 # --- one case -------------------------------------------------------------------------------------
 
+def case_config(case: Case, model_dir: str, data: Path, work: Path) -> RunConfig:
+    """The run: evaluation and checkpoints off (they are not what is measured), LoRA defaults."""
+    return RunConfig(model=model_dir, data=str(data), data_format="text", train_on_prompt=True,
+                     method=case.method, batch_size=case.batch, max_seq_len=case.seq, max_steps=case.steps,
+                     learning_rate=1e-5 if case.method == "full" else 2e-4, val_fraction=0.0,
+                     checkpoint_steps=0, runs_dir=str(work / "runs"), run_name=case.name.replace("/", "-"))
+
+
+def judge(result: dict, fc) -> dict:
+    """Put the forecast next to what was measured: error in percent for a run that completed;
+    for a run the guard stopped, whether the forecast had said it would not fit."""
+    result.update(forecast_mib=round(fc.total_mib, 1), forecast_components_mib=fc.mib())
+    if result["stopped_by_guard"]:
+        result.pop("error_pct", None)
+        result["outcome"] = ("confirmed: will not fit" if result["verdict"] == "will not fit"
+                             else "forecast WRONG: said it would fit")
+    else:
+        result["error_pct"] = round(100 * (fc.total_mib - result["measured_mib"]) / result["measured_mib"], 1)
+        result["outcome"] = "completed" + (" (forecast WRONG: said it would not fit)"
+                                           if result["verdict"] == "will not fit" else "")
+    return result
+
+
 def run_case(case: Case, model_dir: str, data: Path, work: Path, args) -> dict:
-    cfg = RunConfig(model=model_dir, data=str(data), data_format="text", train_on_prompt=True,
-                    method=case.method, batch_size=case.batch, max_seq_len=case.seq, max_steps=case.steps,
-                    learning_rate=1e-5 if case.method == "full" else 2e-4, val_fraction=0.0,
-                    checkpoint_steps=0, runs_dir=str(work / "runs"), run_name=case.name.replace("/", "-"))
+    cfg = case_config(case, model_dir, data, work)
     fc = forecast(cfg, model_shape(model_dir), "cpu", seq_len=case.seq)
-    avail = available_memory("cpu")
-    expected = verdict(fc, avail)
+    avail = available_memory("cpu")  # what the studio would compare with, right before the run
     yaml_path = work / f"{cfg.run_name}.yaml"
     yaml_path.write_text(cfg.to_yaml())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
@@ -134,26 +153,33 @@ def run_case(case: Case, model_dir: str, data: Path, work: Path, args) -> dict:
     with open(log_path, "w") as log:
         child = subprocess.Popen([sys.executable, "-m", "ft_engine", "train", "--config", str(yaml_path)],
                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        guard = watch(child, args.floor_mib * MIB, args.rss_limit_mib * MIB, args.trace and work / f"{cfg.run_name}.trace")
-    wall = time.perf_counter() - t0
+        guard = watch(child, args.floor_mib * MIB, args.rss_limit_mib * MIB,
+                      work / f"{cfg.run_name}.trace" if args.trace else None)
     out = {"case": case.name, "model": case.model, "shape": f"{case.batch}x{case.seq}", "method": case.method,
-           "forecast_mib": round(fc.total_mib, 1), "forecast_components_mib": fc.mib(),
-           "available_mib": round(avail[1] / MIB), "verdict": expected, "wall_s": round(wall, 1),
-           "polled_peak_mib": round(guard["max_rss"] / MIB, 1), "log": str(log_path)}
+           "available_mib": round(avail[1] / MIB), "verdict": verdict(fc, avail),
+           "wall_s": round(time.perf_counter() - t0, 1), "polled_peak_mib": round(guard["max_rss"] / MIB, 1),
+           "log": str(log_path), "stopped_by_guard": guard["stopped"]}
     if guard["stopped"]:
-        out.update(measured_mib=out["polled_peak_mib"], stopped_by_guard=guard["stopped"],
-                   outcome="confirmed: will not fit" if expected == "will not fit" else "forecast WRONG: said it fits")
-        return out
+        out["measured_mib"] = out["polled_peak_mib"]  # a lower bound: the run was still growing
+        return judge(out, fc)
     text = log_path.read_text()
     run_dir = Path(text.strip().splitlines()[-1]) if text.strip() else None
     if child.returncode != 0 or run_dir is None or not (run_dir / "status.json").is_file():
         raise SystemExit(f"{case.name} failed (exit {child.returncode}); its log, {log_path}, ends:\n{text[-3000:]}")
-    status = json.loads((run_dir / "status.json").read_text())
-    measured = status["mem_peak_mib"]
-    out.update(measured_mib=measured, stopped_by_guard=None,
-               error_pct=round(100 * (fc.total_mib - measured) / measured, 1),
-               outcome="completed" + ("" if expected != "will not fit" else " (forecast WRONG: said will not fit)"))
-    return out
+    out["measured_mib"] = json.loads((run_dir / "status.json").read_text())["mem_peak_mib"]
+    return judge(out, fc)
+
+
+def reforecast(path: Path, models: dict[str, str]) -> list[dict]:
+    """Earlier results (--json) with the forecast of the current code: for calibrating the
+    forecast without training again. The verdict stays the one made before the run."""
+    results = json.loads(path.read_text())
+    for r in results:
+        batch, seq = map(int, r["shape"].split("x"))
+        case = Case(r["model"], batch, seq, 0, r["method"])
+        cfg = case_config(case, models[r["model"]], Path("unused"), Path("unused"))
+        judge(r, forecast(cfg, model_shape(models[r["model"]]), "cpu", seq_len=seq))
+    return results
 
 
 def watch(child: subprocess.Popen, floor: int, rss_limit: int, trace: Path | None) -> dict:
@@ -202,27 +228,38 @@ def cases(only: list[str]) -> list[Case]:
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"{'model':<8}{'shape':>8} {'method':<6}{'forecast MiB':>13}{'measured MiB':>13}{'error':>8}  "
+    print(f"{'model':<8}{'shape':>6} {'method':<7}{'forecast MiB':>13}{'measured MiB':>13}{'error':>8}  "
           f"{'verdict':<13}outcome")
     for r in results:
         err = f"{r['error_pct']:+.1f}%" if "error_pct" in r else "-"
         measured = f"{r['measured_mib']:,.0f}" if not r["stopped_by_guard"] else f">={r['measured_mib']:,.0f}"
-        print(f"{r['model']:<8}{r['shape']:>8} {r['method']:<6}{r['forecast_mib']:>13,.0f}{measured:>13}{err:>8}  "
-              f"{r['verdict']:<13}{r['stopped_by_guard'] or r['outcome']}"
-              + (f"; {r['outcome']}" if r["stopped_by_guard"] else ""))
+        outcome = f"{r['stopped_by_guard']}; {r['outcome']}" if r["stopped_by_guard"] else r["outcome"]
+        print(f"{r['model']:<8}{r['shape']:>6} {r['method']:<7}{r['forecast_mib']:>13,.0f}{measured:>13}{err:>8}  "
+              f"{r['verdict']:<13}{outcome}")
+    measured = [r for r in results if "error_pct" in r]
+    off = [r["case"] for r in measured if abs(r["error_pct"]) > 15]
+    wrong = [r["case"] for r in results if "WRONG" in r["outcome"]]
+    print(f"\n{len(measured) - len(off)}/{len(measured)} completed runs within ±15% of the forecast; "
+          f"{len(results) - len(measured)} stopped by the guard"
+          + (f"; OFF by more than 15%: {', '.join(off)}" if off else "")
+          + (f"; verdict WRONG: {', '.join(wrong)}" if wrong else ""))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", action="append", default=[],
-                   help="run only cases matching this model (bundled, 1b), shape (4x512) or method; repeatable, all must match")
+                   help="run only cases matching this model (bundled, 1b), shape (e.g. 4x512) or method; "
+                        "repeatable, all must match")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument("--reforecast", metavar="FILE", help="train nothing: print the results in FILE (written "
+                                                        "by --json) with the current code's forecasts")
     p.add_argument("--floor-mib", type=int, default=1536,
                    help="kill a run when the machine's available memory falls under this (default 1536)")
     p.add_argument("--rss-limit-mib", type=int,
                    default=int(psutil.virtual_memory().total / MIB) - 2048,
                    help="kill a run whose RSS passes this (default: total RAM - 2 GiB)")
-    p.add_argument("--trace", action="store_true", help="keep each run's trace (seconds, RSS MiB, available MiB, file-backed RSS MiB) next to its log")
+    p.add_argument("--trace", action="store_true",
+                   help="keep each run's trace (seconds, RSS MiB, available MiB, file-backed RSS MiB) next to its log")
     p.add_argument("--work", help="folder for data, configs, logs and runs (default: a temporary folder)")
     p.add_argument("--build-1b", metavar="FOLDER", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -230,6 +267,15 @@ def main() -> None:
         build_1b(Path(args.build_1b))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.reforecast:
+        models = {"bundled": model_source("bundled"), "1b": str(cache_dir() / LLAMA_1B_DIR)}
+        results = reforecast(Path(args.reforecast), models)
+        results = [r for r in results if all(f in r["case"].split("/") for f in args.only)]
+        print(f"measured earlier ({args.reforecast}); forecasts by the current code\n")
+        print_table(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return
     todo = cases(args.only)
     if not todo:
         raise SystemExit(f"no case matches --only {args.only}; filters are bundled or 1b, a shape such as "
@@ -250,17 +296,10 @@ def main() -> None:
         err = f" ({r['error_pct']:+.1f}%)" if "error_pct" in r else f" ({r['outcome']})"
         print(f"  {case.name}: forecast {r['forecast_mib']:,.0f} MiB, measured {r['measured_mib']:,.0f} MiB"
               f"{err}, {r['wall_s']:.0f} s", flush=True)
-        if args.json:  # written after every case, so a long bench that is interrupted keeps what it measured
+        if args.json:  # after every case, so an interrupted bench keeps what it measured
             Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"\n{len(results)} runs in {time.perf_counter() - t0:,.0f} s "
-          f"(torch threads: each child uses all {os.cpu_count()} cores)\n")
+    print(f"\n{len(results)} runs in {time.perf_counter() - t0:,.0f} s\n")
     print_table(results)
-    within = [r for r in results if "error_pct" in r]
-    bad = [r["case"] for r in within if abs(r["error_pct"]) > 15] + \
-          [r["case"] for r in results if "WRONG" in r["outcome"]]
-    print(f"\n{len(within) - len([b for b in bad if b in {r['case'] for r in within}])}/{len(within)} measured "
-          f"runs within ±15%; {len(results) - len(within)} stopped by the guard"
-          + (f"; OFF: {', '.join(bad)}" if bad else ""))
 
 
 if __name__ == "__main__":

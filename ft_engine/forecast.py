@@ -95,10 +95,34 @@ class Constants:
     """fp32 batch*seq*vocab tensors alive around the loss: logits upcast to fp32, log-softmax
     saved for backward, and its gradient."""
 
+    # --- CPU, frozen base: what glibc's allocator keeps -----------------------------------------
+    cpu_layer_factor_lora: float = 1.42
+    """On CPU with a frozen base (LoRA), each layer's activations cost this many times what it
+    saves for backward; the extra is freed memory glibc keeps resident. Its malloc serves
+    tensors under its mmap threshold (which rises with each freed block, up to 32 MiB) from heap
+    arenas, and memory freed in the middle of a heap is not returned: from the second step on
+    the peak includes those holes (the bundled model's LoRA peak rose 27% from step 1 to
+    step 2, with 37 MiB of optimizer state). Fitted, with `cpu_backward_layers_frozen`, to peak
+    RSS minus every other component, with bench/forecast_accuracy.py: 4-layer hidden-256 tiny
+    Llama at 8x512 (tests/test_forecast.py), SmolLM2-135M (30 layers) at 1x256 and 4x512,
+    Llama-3.2-1B-shaped (16 layers) at 1x256 and 2x512. Full fine-tuning shows no such extra
+    (its gradients, allocated in backward and kept, fill the holes): the factor is 1 there."""
+    cpu_layer_factor_qlora: float = 1.65
+    """The same for QLoRA: larger, since bitsandbytes' CPU path also allocates and frees a
+    dequantized fp32 copy of each weight (plus int32 and index temporaries), interleaved with
+    the activations, in every forward and backward (SmolLM2-135M at 1x256 and 4x512)."""
+    cpu_backward_layers_frozen: float = 1.3
+    """On CPU, `backward_layers_frozen`: layers' worth of activations alive on top of the
+    saved ones during backward, fitted together with the factors above (it was 3.5 when the
+    allocator's extra was not separated from it, on 2-4-layer models only)."""
+
     # --- fixed costs ------------------------------------------------------------------------
-    cpu_process_baseline: int = 500 * MIB
-    """RSS of a process that has imported torch, transformers, peft, datasets and ft_engine and
-    run a tiny model (measured: ~490 MiB, torch 2.13 CPU, transformers 5.24)."""
+    cpu_process_baseline: int = 590 * MIB
+    """RSS of the training process when the engine starts measuring (memory.reset_peak, right
+    before build_model): torch, transformers, peft, datasets and ft_engine imported, the
+    tokenizer loaded and the data encoded. Measured 587-601 MiB (torch 2.13 CPU,
+    transformers 5.24, SmolLM2's 49k-token tokenizer, 24 documents) by wrapping reset_peak in
+    a TrainingJob. A much larger tokenizer or data set adds to it."""
     cuda_workspace: int = 32 * MIB
     """cuBLAS workspace, allocated through PyTorch's caching allocator (so it is counted)."""
     cuda_context: int = 500 * MIB
@@ -459,6 +483,21 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
                 + 4 * (non_linear + biases)
             add(f"{config.quant_type} (4-bit)", shape.layers * sum(quantized_bytes(n) for n in per_layer))
             add("fp32 (embedding, norms, head)", 4 * (non_linear + biases))
+            if device == "cpu" and shape.checkpoint_dtype == "float32":
+                # The fp32 embedding, norms and head are views of the memory-mapped file, which
+                # keeps the mapping alive, and quantizing read every page of it: the whole file
+                # stays resident (measured on SmolLM2-135M, fp32 on disk: file-backed RSS = the
+                # file's 513 MiB all through training). Those tensors are part of that file.
+                comp["weights_frozen"] += shape.checkpoint_bytes - 4 * (non_linear + biases)
+                add("checkpoint file (memory-mapped)", shape.checkpoint_bytes - 4 * (non_linear + biases))
+            elif device == "cpu":
+                # With a half-precision file, a copy of the embedding, norms and head in the file's
+                # dtype stays besides their fp32 cast (measured on the Llama-3.2-1B-shaped model, bf16
+                # on disk: 516 MiB more than the fp32 weights and 4-bit linears after loading, all
+                # through training; its tied embedding in bf16 is 501 MiB).
+                extra = _DTYPE_BYTES[shape.checkpoint_dtype] * (non_linear + biases)
+                comp["weights_frozen"] += extra
+                add(f"{shape.checkpoint_dtype} (embedding, norms, head: loader's copy)", extra)
             comp["quant_constants"] = shape.layers * sum(quant_constant_bytes(n, config.double_quant, c)
                                                          for n in per_layer)
             if half:
@@ -493,6 +532,12 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     else:
         comp["runtime_overhead"] += c.cuda_workspace
 
+    load_peak = None
+    if device == "cpu":
+        # The peak may come while loading, before any training: see `cpu_load_peak_bytes`.
+        load_peak = cpu_load_peak_bytes(config, shape, comp, c)
+        comp["runtime_overhead"] += max(0, load_peak - sum(comp.values()))
+
     comp = {k: int(v) for k, v in comp.items()}
     fc = Forecast(method=method, device=device, precision=precision, components=comp,
                   total_params=total_params, trainable_params=trainable,
@@ -500,10 +545,32 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
                            "activation_checkpointing": config.activation_checkpointing,
                            "optimizer": config.optimizer, "batch_size": config.batch_size,
                            "max_seq_len": config.max_seq_len, "seq_len": seq, "lora_r": config.lora_r
-                           if method != "full" else None})
+                           if method != "full" else None,
+                           "checkpoint_dtype": shape.checkpoint_dtype,
+                           "peak_while": "loading the model" if load_peak is not None
+                           and load_peak >= sum(comp.values()) else "training"})
     fc.needed_bytes = fc.total_bytes if device == "cpu" else \
         int(fc.total_bytes * (1 + c.cuda_fragmentation)) + c.cuda_context
     return fc
+
+
+def cpu_load_peak_bytes(config: RunConfig, shape: ModelShape, comp: dict[str, int],
+                        c: Constants = DEFAULTS) -> int:
+    """Peak RSS while `build_model` loads the model on CPU, before training starts.
+
+    safetensors files are memory-mapped. When the file's dtype is the one the weights are
+    loaded in (fp32 on CPU), the parameters are the mapped pages themselves: no second copy.
+    When it is not (a bf16 checkpoint such as Llama 3.2's, loaded in fp32), each tensor is
+    converted into new memory, and the file's pages, read in full, stay resident until
+    loading ends: the peak is then baseline + the loaded weights + the whole file
+    (measured with bench/forecast_accuracy.py --trace on the Llama-3.2-1B-shaped model, bf16
+    on disk: the file-backed RSS reached the file's 2,357 MiB on top of the 4,714 MiB of fp32
+    weights, then fell to 0 when loading ended; LoRA 1x256's peak, 7,664 MiB, was this one).
+    QLoRA quantizes from the same pages; with an fp32 file they stay mapped for good and are
+    counted in its weights instead (see `forecast`)."""
+    weights = comp["weights_frozen"] + comp["weights_trainable"] + comp["quant_constants"]
+    file_pages = shape.checkpoint_bytes if shape.checkpoint_dtype != "float32" else 0
+    return c.cpu_process_baseline + weights + file_pages
 
 
 def _activation_elements(config: RunConfig, shape: ModelShape,
@@ -542,13 +609,16 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
 
     per layer = tokens * (hidden elements * residual bytes + other elements * act bytes)
                 + batch * seq^2 * mask_bytes (the attention mask SDPA keeps, per layer)
-    without checkpointing:  (layers + backward) * per layer + final norm
+    without checkpointing:  (layers * factor + backward) * per layer + final norm
     with checkpointing:     layers * tokens * h * residual bytes (each layer's input, kept by
-                            the checkpoint) + (1 + backward) * per layer (one layer
+                            the checkpoint) + (factor + backward) * per layer (one layer
                             recomputed in backward, and its gradients) + final norm
+    (on CPU with a frozen base, `layers` counts cpu_layer_factor_lora/qlora times: what the
+    allocator keeps; see Constants)
     act bytes: 4 in fp32; 2 with bf16/fp16 autocast on CUDA. residual bytes: the residual
     stream's dtype, fp32 for full (fp32 master weights) and QLoRA (fp32 embedding and norms),
-    the base dtype for LoRA. backward: backward_layers (full) or backward_layers_frozen.
+    the base dtype for LoRA. backward: backward_layers (full), backward_layers_frozen (GPU) or
+    cpu_backward_layers_frozen.
     """
     c = constants
     hidden, other = _activation_elements(config, shape, c)
@@ -561,11 +631,18 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     per_layer = tokens * (hidden * residual + other * act) + config.batch_size * seq * seq * mask
     final = tokens * h * residual * (c.act_final_h_trainable if config.method == "full"
                                      else c.act_final_h_frozen)
-    backward = c.backward_layers if config.method == "full" else c.backward_layers_frozen
-    if config.activation_checkpointing:
-        total = shape.layers * tokens * h * residual + (1 + backward) * per_layer + final
+    factor = 1.0
+    if config.method == "full":
+        backward = c.backward_layers
+    elif device == "cpu":
+        backward = c.cpu_backward_layers_frozen
+        factor = c.cpu_layer_factor_qlora if config.method == "qlora" else c.cpu_layer_factor_lora
     else:
-        total = (shape.layers + backward) * per_layer + final
+        backward = c.backward_layers_frozen
+    if config.activation_checkpointing:
+        total = shape.layers * tokens * h * residual + (factor + backward) * per_layer + final
+    else:
+        total = (shape.layers * factor + backward) * per_layer + final
     return int(total)
 
 

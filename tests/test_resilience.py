@@ -63,13 +63,14 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.02):
         time.sleep(every)
 
 
-def wait_past_a_checkpoint(run_path, proc=None, timeout: float = 120.0) -> tuple[int, int]:
+def wait_past_a_checkpoint(run_path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> tuple[int, int]:
     """Wait until a complete checkpoint exists and training is at least 2 steps past it (so
     the kill lands between checkpoints); returns (checkpoint step, step seen)."""
+    run = RunDir(Path(run_path))
+
     def past() -> tuple[int, int] | None:
-        if proc is not None and proc.poll() is not None:
+        if proc.poll() is not None:
             pytest.fail(f"the process ended (exit {proc.returncode}) before it could be killed mid-run")
-        run = RunDir(Path(run_path()) if callable(run_path) else Path(run_path))
         if not (run.path / "status.json").exists() or not run.checkpoints:
             return None
         ckpt = int(run.checkpoints[-1].name.split("-")[-1])
@@ -140,7 +141,7 @@ def test_cli_run_killed_mid_run_resumes_to_planned_steps(tiny_model, tmp_path):
                                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         run_path = wait_for(lambda: next(iter(runs.glob("*killed*")), None), 120, "the run directory")
-        checkpoint, _ = wait_past_a_checkpoint(run_path, proc)
+        wait_past_a_checkpoint(run_path, proc)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -242,6 +243,35 @@ def test_stop_button_ends_the_run_within_one_step(tiny_model, chat_file, runs_di
     assert "nothing to stop" in stop_current(run.run_id)
 
 
+def test_resume_button_continues_a_stopped_run(tiny_model, chat_file, runs_dir):
+    from ui.context import Studio
+    from ui.studio import build_studio
+    studio = Studio(runs_dir)
+    demo = build_studio(studio)
+    stop_current, resume_clicked = studio_handler(demo, "stop_current"), studio_handler(demo, "resume_clicked")
+    without = studio.worker.submit(run_config(tiny_model, chat_file, runs_dir, max_steps=100_000))
+    run = studio.worker.submit(run_config(tiny_model, chat_file, runs_dir, max_steps=12, checkpoint_steps=2))
+    wait_for(lambda: (raw_status(without).get("step") or 0) >= 1, 120, "step 1")
+    stop_current(without.run_id)
+    wait_for(lambda: (raw_status(run).get("step") or 0) >= 3, 120, "step 3")
+    stop_current(run.run_id)
+    assert studio.worker.wait_idle(60)
+    assert run.read_status()["status"] == "stopped" and run.checkpoints
+
+    message, _ = resume_clicked(without.run_id)
+    assert message.startswith("❌") and "no checkpoint to resume from" in message, message
+    message, table = resume_clicked(run.run_id)
+    assert run.run_id in message and not message.startswith("❌"), message
+    assert [row for row in table if row[-1] == run.run_id][0][3] in ("queued", "running")
+    assert resume_clicked("")[0] == "Pick a run first."
+    assert studio.worker.wait_idle(60)
+    s = run.read_status()
+    assert s["status"] == "completed" and s["step"] == 12, s
+    assert [r["step"] for r in run.read_metrics()] == list(range(1, 13))
+    message, _ = resume_clicked(run.run_id)
+    assert "already completed" in message, message
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, request):
     d = tmp_path_factory.mktemp("resilience-app")
@@ -341,6 +371,7 @@ def test_three_users_train_one_at_a_time_in_queue_order(app, tiny_model):
     """bench/load_test.py with 3 clients (the 10-client run with figures is in its docstring)."""
     load_test = _load_test_module()
     figures = load_test.run_clients(app.url, app.runs_dir, tiny_model, clients=3, steps=4, timeout=150)
-    problems = load_test.check(figures)
+    # the one-second latency check is the bench's (its figures depend on the machine's load)
+    problems = load_test.check(figures, latency=False)
     assert not problems, "\n".join(problems) + "\n" + load_test.format_figures(figures) + log_tail(app.log)
     assert figures.completed == 3 and figures.max_told_position >= 1

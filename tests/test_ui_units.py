@@ -484,3 +484,19 @@ def test_every_run_setting_has_a_widget_somewhere():
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     assert fields == set(ADVANCED_FIELDS) | elsewhere
     assert not set(ADVANCED_FIELDS) & elsewhere
+
+
+def test_chat_model_is_reloaded_when_the_result_is_replaced(trained):
+    """A resumed run saves a new adapter/ (a new folder renamed into place): chat must not
+    keep answering with the copy it loaded before."""
+    import shutil
+    studio, run, _ = trained
+    first = studio.chat_model(run.run_id)
+    assert studio.chat_model(run.run_id) is first  # unchanged result: the loaded model is kept
+    replacement = run.path / ".adapter.new"
+    shutil.copytree(run.path / "adapter", replacement)
+    shutil.rmtree(run.path / "adapter")
+    replacement.replace(run.path / "adapter")
+    assert studio.chat_model(run.run_id) is not first
+    studio.forget_chat(run.run_id)
+    assert studio._chat is None

@@ -32,7 +32,7 @@ class Studio:
     runs_dir: Path
     worker: Worker = field(default_factory=Worker)
     _chat_lock: threading.Lock = field(default_factory=threading.Lock)
-    _chat: tuple[str, object] | None = None  # (run id, ChatModel): one loaded model at a time
+    _chat: tuple[tuple, object] | None = None  # ((run id, result folder), ChatModel): one model at a time
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir)
@@ -100,15 +100,19 @@ class Studio:
         """The ChatModel of a run, loading it if needed (and unloading the previous one)."""
         stack.load()  # one thread at a time imports transformers (ft_engine/stack.py)
         from ft_engine.inference import ChatModel
+        run = self.run(run_id)
+        # a resumed run saves a new result (a renamed folder): the loaded copy is then stale
+        stat = run.result_dir.stat() if run.result_dir else None
+        key = (run_id, (stat.st_ino, stat.st_mtime_ns) if stat else None)
         with self._chat_lock:
-            if self._chat is None or self._chat[0] != run_id:
+            if self._chat is None or self._chat[0] != key:
                 self._chat = None  # free the old model before loading the next
-                self._chat = (run_id, ChatModel(self.run(run_id)))
+                self._chat = (key, ChatModel(run))
             return self._chat[1]
 
     def forget_chat(self, run_id: str) -> None:
         with self._chat_lock:
-            if self._chat is not None and self._chat[0] == run_id:
+            if self._chat is not None and self._chat[0][0] == run_id:
                 self._chat = None
 
 
