@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import stack
 from .config import RunConfig
 from .errors import ConfigError, UserError
 from .rundir import (RunDir, Status, _owner_alive, _process_identity, _SAFE_ID, atomic_write_text,
@@ -306,6 +307,7 @@ def format_table(rows: list[dict[str, Any]], prompt: str | None = None) -> str:
 def default_prompt(base: RunConfig) -> str:
     """The first held-out user message: the rows a run evaluates on, shuffled the same way
     TrainingJob shuffles them (same seed, same number of rows → same permutation)."""
+    stack.load()  # the studio calls this from request threads (see stack.py)
     from .models import load_tokenizer
     from .render import encode_all
 
@@ -332,6 +334,7 @@ def _loaded(base: RunConfig):
 def _check_data(base: RunConfig) -> None:
     """Enough rows to hold one out and still train on one; said in compare's own terms (the
     TrainingJob's message would suggest lowering val_fraction, which a comparison cannot)."""
+    stack.load()
     from .training import _n_val
     n = len(_loaded(base).examples)
     n_val = _n_val(n, base.val_fraction)
@@ -377,6 +380,7 @@ class ComparisonJob:
     def prepare(self) -> ComparisonDir:
         """Check settings and data, then create the comparison folder and its runs (queued).
         Bad input raises UserError and leaves nothing on disk."""
+        stack.load()
         from .training import TrainingJob
         self.prompt = _plan(self.config)
         self.cdir = _new_folder(self.config)
@@ -543,6 +547,7 @@ def sample_answer(run: RunDir, prompt: str, max_new_tokens: int) -> str | None:
     """The run's greedy answer to `prompt`; None when it has no trained result."""
     if run.result_dir is None:
         return None
+    stack.load()
     from .inference import ChatModel
     return ChatModel(run).generate(prompt, max_new_tokens=max_new_tokens, temperature=0.0)
 

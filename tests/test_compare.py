@@ -260,3 +260,39 @@ def test_view_builders(finished):
     assert p["status"] == "completed" and "Completed" in progress_markdown(p)
     running = {**p, "status": "running", "current": "lora", "index": 2}
     assert "Training LoRA** (2 of 3)" in progress_markdown(running)
+
+
+def test_compare_has_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--help"])
+    assert e.value.code == 0
+    assert "--methods" in capsys.readouterr().out
+
+
+def test_gradio_client_compare_methods(tiny_model, tmp_path):
+    """The scripting API end to end over HTTP: queue, poll, read the rows; bad ids answer in words."""
+    from gradio_client import Client, handle_file
+
+    from app_server import running_app
+    sample = ROOT / "assets" / "tiny_facts.jsonl"
+    with running_app(tmp_path / "runs", tmp_path / "server.log") as (url, _proc, _log):
+        client = Client(url, verbose=False)
+        data_path = client.predict(handle_file(str(sample)), None, tiny_model, 64, False, "auto",
+                                   api_name="/validate_data")[3]
+        res = client.predict(data_path, tiny_model, 2, "lora,full", "", '{"batch_size": 2, "learning_rate": 0.01}',
+                             api_name="/compare_methods")
+        assert res["comparison_id"], res
+        assert list(res["run_ids"]) == ["lora", "full"]
+        deadline = time.time() + 120
+        while (report := client.predict(res["comparison_id"], api_name="/comparison"))["status"] not in (
+                "completed", "failed", "stopped", "interrupted"):
+            assert time.time() < deadline, report
+            time.sleep(0.5)
+        assert report["status"] == "completed", report
+        assert report["learning_rates"] == {"lora": 0.01, "full": 0.01}  # one fixed rate for both
+        assert report["prompt"]  # the first held-out question of the sample
+        for row in report["rows"]:
+            assert all(row[key] is not None for key, _ in COLUMNS), row
+        assert "not a comparison id" in client.predict("../../etc", api_name="/stop_comparison")
+        bad = client.predict("/etc/passwd", tiny_model, 2, "lora,full", "", "{}", api_name="/compare_methods")
+        assert bad["comparison_id"] == "" and "not an uploaded file" in bad["message"]

@@ -35,6 +35,8 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list]:
             return None
         if key in ("final_loss", "eval_loss"):
             return round(value, 4)
+        if key == "trainable_params":
+            return f"{value:,}"  # 134,515,008 reads at a glance; 134515008 does not
         if key in ("peak_mem_mib", "tokens_per_second", "train_s", "wall_s", "perplexity", "saved_mib",
                    "trainable_pct"):
             return round(value, 2 if key in ("perplexity", "saved_mib", "trainable_pct") else 1)
@@ -60,6 +62,11 @@ def comparison_figure(rows: list[dict[str, Any]], title: str = "") -> go.Figure:
     bars("wall_s", 3, "with loading and saving", marker=dict(color="rgba(148,103,189,0.45)"))
     bars("final_loss", 4, "final train loss", marker=dict(color="rgb(31,119,180)"))
     bars("eval_loss", 4, "eval loss (held out)", marker=dict(color="rgb(214,39,40)"))
+    # headroom above the tallest bar, so its value label is not cut off by the plot's edge
+    for col, keys in enumerate((("peak_mem_mib",), ("tokens_per_second",), ("train_s", "wall_s"),
+                                ("final_loss", "eval_loss")), start=1):
+        top = max((r.get(k) or 0 for r in rows for k in keys), default=0)
+        fig.update_yaxes(range=[0, top * 1.2 or 1], row=1, col=col)
     fig.update_layout(title=title or None, barmode="group", **{**_LAYOUT, "height": 380})
     return fig
 
