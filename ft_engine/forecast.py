@@ -12,8 +12,10 @@ the way `build_model` and the Trainer actually lay it out:
     autocast_copies    half-precision copies of fp32 weights cached by autocast (GPU, mixed precision)
     activations        tensors saved in the forward pass for the backward pass
     logits_loss        batch*seq*vocab logits, log-softmax and their gradients, in fp32
-    runtime_overhead   CPU: the Python/torch/transformers process itself; CUDA: cuBLAS workspace
-                       and QLoRA's dequantization buffer
+    runtime_overhead   CPU: the Python/torch/transformers process itself, plus, when loading
+                       the model peaks higher than training (a half-precision file converted to
+                       fp32), the difference; CUDA: cuBLAS workspace and QLoRA's dequantization
+                       buffer
 
 The forecast predicts what `ft_engine.memory` reports as a run's peak (`mem_peak_mib`):
 CUDA `max_memory_allocated` on a GPU, the process's peak RSS on CPU. On a GPU the memory that
@@ -56,7 +58,10 @@ VERDICTS = ("fits", "tight", "will not fit")
 @dataclass(frozen=True)
 class Constants:
     """Every calibrated number of the forecast. Formulas are in `forecast`'s helpers; these
-    are the knobs. Calibrated so far on tiny Llamas (hidden 64-256, 2-4 layers) on CPU."""
+    are the knobs. Calibrated on CPU (torch 2.13, transformers 5.24, peft 0.21, bitsandbytes
+    0.50, glibc malloc) against tiny Llamas (hidden 64-256, 2-4 layers), SmolLM2-135M and a
+    Llama-3.2-1B-shaped model: bench/forecast_accuracy.py prints forecast vs measured peak
+    (within ±3% there). The CUDA-only numbers are not yet checked against a GPU."""
 
     # --- activations: elements saved per layer per token (see `_activation_elements`) -------
     # Counted with torch.autograd.graph.saved_tensors_hooks on tiny Llamas (CPU, fp32).
@@ -88,9 +93,9 @@ class Constants:
     """layers' worth of activations alive on top of the saved ones during backward (the
     gradients of one layer's intermediate tensors), base trains (measured: ~1)."""
     backward_layers_frozen: float = 3.5
-    """the same with a frozen base and LoRA adapters: measured ~3.5 on CPU (gradients of the
-    shared inputs accumulate over base and adapter paths, and the CPU allocator keeps freed
-    blocks); to recheck on a GPU."""
+    """the same with a frozen base and LoRA adapters, on a GPU: 3.5, measured on CPU on 2-4-layer
+    models before the CPU allocator's share was told apart (CPU now uses
+    `cpu_backward_layers_frozen` and `cpu_layer_factor_*`); to recheck on a GPU."""
     logits_copies: float = 3.0
     """fp32 batch*seq*vocab tensors alive around the loss: logits upcast to fp32, log-softmax
     saved for backward, and its gradient."""
@@ -108,9 +113,15 @@ class Constants:
     Llama-3.2-1B-shaped (16 layers) at 1x256 and 2x512. Full fine-tuning shows no such extra
     (its gradients, allocated in backward and kept, fill the holes): the factor is 1 there."""
     cpu_layer_factor_qlora: float = 1.65
-    """The same for QLoRA: larger, since bitsandbytes' CPU path also allocates and frees a
-    dequantized fp32 copy of each weight (plus int32 and index temporaries), interleaved with
-    the activations, in every forward and backward (SmolLM2-135M at 1x256 and 4x512)."""
+    """The same for QLoRA when its dequantized weights come from the heap: bitsandbytes' CPU
+    path allocates and frees a dequantized fp32 copy of each weight (and int32 temporaries),
+    interleaved with the activations, in every forward and backward (SmolLM2-135M at 1x256 and
+    4x512: 1.65). When the largest linear's fp32 copy is over `cpu_mmap_threshold_max`, glibc
+    maps and unmaps those copies instead and the factor is `cpu_layer_factor_lora` (the
+    Llama-3.2-1B shape, 64 MiB gate/up/down copies: 1.34 measured at 2x512, LoRA's 1.30)."""
+    cpu_mmap_threshold_max: int = 32 * MIB
+    """glibc's largest dynamic mmap threshold on 64-bit Linux (DEFAULT_MMAP_THRESHOLD_MAX):
+    blocks at least this big are always mmapped and go back to the OS when freed."""
     cpu_backward_layers_frozen: float = 1.3
     """On CPU, `backward_layers_frozen`: layers' worth of activations alive on top of the
     saved ones during backward, fitted together with the factors above (it was 3.5 when the
@@ -426,8 +437,11 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     Autocast copies: with bf16/fp16 autocast on CUDA the half-precision casts of fp32 trainable
       linear weights are cached for the step: 2 B per such param (full: all linears and lm_head).
     Activations: see `activation_bytes`. Logits/loss: batch*seq*vocab*4 B*logits_copies.
-    Overhead: CPU process baseline; on CUDA the cuBLAS workspace (+ for QLoRA one dequantized
-      linear weight in compute dtype).
+    Overhead: CPU process baseline, and what the load peak (`cpu_load_peak_bytes`) exceeds the
+      training peak by, if it does (details["peak_while"] says which phase peaks); on CUDA the
+      cuBLAS workspace (+ for QLoRA one dequantized linear weight in compute dtype).
+    CPU QLoRA weights: besides the 4-bit linears, an fp32 file stays memory-mapped whole; a
+      half-precision file leaves a copy of the non-quantized weights in its dtype.
     """
     c = constants
     if shape is None:
@@ -535,7 +549,7 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     load_peak = None
     if device == "cpu":
         # The peak may come while loading, before any training: see `cpu_load_peak_bytes`.
-        load_peak = cpu_load_peak_bytes(config, shape, comp, c)
+        load_peak = cpu_load_peak_bytes(shape, comp, c)
         comp["runtime_overhead"] += max(0, load_peak - sum(comp.values()))
 
     comp = {k: int(v) for k, v in comp.items()}
@@ -554,8 +568,7 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     return fc
 
 
-def cpu_load_peak_bytes(config: RunConfig, shape: ModelShape, comp: dict[str, int],
-                        c: Constants = DEFAULTS) -> int:
+def cpu_load_peak_bytes(shape: ModelShape, comp: dict[str, int], c: Constants = DEFAULTS) -> int:
     """Peak RSS while `build_model` loads the model on CPU, before training starts.
 
     safetensors files are memory-mapped. When the file's dtype is the one the weights are
@@ -614,7 +627,8 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
                             the checkpoint) + (factor + backward) * per layer (one layer
                             recomputed in backward, and its gradients) + final norm
     (on CPU with a frozen base, `layers` counts cpu_layer_factor_lora/qlora times: what the
-    allocator keeps; see Constants)
+    allocator keeps; QLoRA's factor applies while its largest dequantized weight is under
+    cpu_mmap_threshold_max; see Constants)
     act bytes: 4 in fp32; 2 with bf16/fp16 autocast on CUDA. residual bytes: the residual
     stream's dtype, fp32 for full (fp32 master weights) and QLoRA (fp32 embedding and norms),
     the base dtype for LoRA. backward: backward_layers (full), backward_layers_frozen (GPU) or
@@ -636,7 +650,9 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
         backward = c.backward_layers
     elif device == "cpu":
         backward = c.cpu_backward_layers_frozen
-        factor = c.cpu_layer_factor_qlora if config.method == "qlora" else c.cpu_layer_factor_lora
+        largest = 4 * max(shape.linear_params(n) for n in LINEARS)  # its dequantized fp32 copy
+        heap = config.method == "qlora" and largest < c.cpu_mmap_threshold_max
+        factor = c.cpu_layer_factor_qlora if heap else c.cpu_layer_factor_lora
     else:
         backward = c.backward_layers_frozen
     if config.activation_checkpointing:

@@ -139,6 +139,75 @@ def test_qlora_bytes():
     assert fcm.quant_constant_bytes(64 * 256 * 3, True) == 768 + 4 * 3 + 4
 
 
+def test_checkpoint_dtype_from_config():
+    assert model_shape(tiny_config()).checkpoint_dtype == "float32"  # config says nothing: the safe side
+    one_b = model_shape("llama-3.2-1b-shape")
+    assert one_b.checkpoint_dtype == "bfloat16" and one_b.checkpoint_bytes == 2 * 1_235_814_400
+    cfg = tiny_config()
+    cfg.dtype = "float16"
+    assert model_shape(cfg).checkpoint_bytes == 2 * P
+
+
+def test_cpu_peak_while_loading_a_half_precision_file():
+    """LoRA on CPU loads a bf16 file into fp32: while loading, the whole mapped file is resident
+    on top of the fp32 weights, and with a small batch that is the run's peak."""
+    c = fcm.DEFAULTS
+    # a big embedding (32000 x 512, tied), two small layers: the file outweighs a 1x16 batch
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=True, dtype="bfloat16")
+    shape = model_shape(cfg)
+    params = 32000 * 512 + 2 * (4 * 512 * 512 + 3 * 512 * 1024 + 2 * 512) + 512
+    assert shape.total == params
+    lora = RunConfig(method="lora", lora_r=4, batch_size=1, max_seq_len=16)
+    adapters = 2 * 4 * (4 * (512 + 512) + 2 * (512 + 1024) + (1024 + 512))  # r*(in+out), 7 linears, 2 layers
+    assert fcm.lora_params(lora, shape) == adapters
+    f = forecast(lora, shape, "cpu")
+    load = c.cpu_process_baseline + 4 * params + 4 * adapters + 2 * params  # fp32 weights + the bf16 file
+    assert fcm.cpu_load_peak_bytes(shape, f.components) == load
+    assert f.total_bytes == load
+    assert f.details["peak_while"] == "loading the model"
+    # an fp32 file is mapped, not copied: no load peak above training
+    cfg.dtype = "float32"
+    fp32 = forecast(lora, model_shape(cfg), "cpu")
+    assert fp32.details["peak_while"] == "training"
+    assert fp32.total_bytes < f.total_bytes
+
+
+def test_cpu_qlora_keeps_an_fp32_file_mapped():
+    shape = model_shape(tiny_config())
+    cfg = RunConfig(method="qlora", lora_r=4)
+    linear = 2 * 36_864
+    cpu = forecast(cfg, shape, "cpu").components["weights_frozen"]
+    assert cpu == linear // 2 + 4 * P           # 4-bit linears + the whole fp32 file
+    assert forecast(cfg, shape, "cuda").components["weights_frozen"] == linear // 2 + 4 * (P - linear)
+
+
+def test_cpu_frozen_base_activations_formula():
+    """CPU, LoRA: (layers * cpu_layer_factor_lora + cpu_backward_layers_frozen) * per layer + final."""
+    c = fcm.DEFAULTS
+    shape = model_shape(tiny_config())
+    cfg = RunConfig(method="lora", lora_r=4, lora_dropout=0.0, batch_size=2, max_seq_len=32)
+    tokens = 64
+    # per token per layer, 4-byte elements: 1.5h + n1 + n2 (h each) + 4q + 3I + m (I) + 7r
+    per_token = 1.5 * 64 + 64 + 64 + 4 * 64 + 3 * 128 + 128 + 7 * 4
+    per_layer = tokens * per_token * 4 + 2 * 32 * 32 * c.mask_bytes
+    final = tokens * 64 * 4 * c.act_final_h_frozen
+    expected = (2 * c.cpu_layer_factor_lora + c.cpu_backward_layers_frozen) * per_layer + final
+    assert forecast(cfg, shape, "cpu").components["activations"] == int(expected)
+    gpu = (2 + c.backward_layers_frozen) * per_layer + final  # fp32 on a GPU too when precision=fp32
+    assert forecast(cfg.replace(precision="fp32"), shape, "cuda").components["activations"] == int(gpu)
+
+
+def test_cpu_qlora_allocator_factor_only_for_heap_sized_weights():
+    """QLoRA's larger CPU factor holds while its dequantized fp32 weights are heap-sized (under
+    glibc's 32 MiB mmap cap); the 1B shape's 64 MiB gate/up/down copies are mmapped."""
+    for model, bigger in ((tiny_config(), True), ("llama-3.2-1b-shape", False)):
+        shape = model_shape(model)
+        lora, qlora = (forecast(RunConfig(method=m, batch_size=2, max_seq_len=256), shape, "cpu")
+                       .components["activations"] for m in ("lora", "qlora"))
+        assert (qlora > lora) if bigger else (qlora == lora)
+
+
 def test_activation_checkpointing_and_batch_lower_activations():
     shape = model_shape(tiny_config())
     for method in ("full", "lora", "qlora"):
@@ -179,7 +248,7 @@ def test_forecast_close_to_measured_cpu_run(measured_model, tmp_path, method):
     predicted = forecast(cfg, model_shape(str(measured_model)), "cpu").total_mib
     measured = status["mem_peak_mib"]
     print(f"{method}: forecast {predicted:.1f} MiB, measured {measured:.1f} MiB")
-    assert abs(predicted - measured) <= 0.25 * measured, (predicted, measured)
+    assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)  # issue 4's target
 
 
 # --- plan (command line) --------------------------------------------------------------------
@@ -206,6 +275,22 @@ def test_plan_llama_1b_json_all_methods():
     for v in m.values():
         assert v["verdict"] in ("fits", "tight", "will not fit")
         assert sum(v["components_bytes"].values()) == v["total_bytes"]
+
+
+def test_plan_seq_len(capsys):
+    """--seq-len: batches pad to the data's longest row; fewer tokens, less memory."""
+    assert main(["plan", "--model", "llama-3.2-1b-shape", "--method", "lora", "--device", "cpu",
+                 "--max-seq-len", "512", "--seq-len", "100", "--batch-size", "2", "--json"]) == 0
+    short = json.loads(capsys.readouterr().out)["methods"]["lora"]
+    assert short["details"]["seq_len"] == 100 and short["details"]["tokens_per_batch"] == 200
+    assert main(["plan", "--model", "llama-3.2-1b-shape", "--method", "lora", "--device", "cpu",
+                 "--max-seq-len", "512", "--batch-size", "2", "--json"]) == 0
+    full_length = json.loads(capsys.readouterr().out)["methods"]["lora"]
+    assert short["total_bytes"] < full_length["total_bytes"]
+    assert main(["plan", "--model", "llama-3.2-1b-shape", "--seq-len", "100", "--max-seq-len", "512"]) == 0
+    assert "seq 100 (max_seq_len 512)" in capsys.readouterr().out
+    assert main(["plan", "--model", "llama-3.2-1b-shape", "--seq-len", "0"]) == 2
+    assert "--seq-len must be >= 1" in capsys.readouterr().err
 
 
 def test_plan_human_output(capsys):
