@@ -58,7 +58,7 @@ def memory_curve(rows: list[dict], label: str, forecast_mib: float | None = None
     fig.add_trace(go.Scatter(x=[r["step"] for r in mem], y=[r["mem_peak_mib"] for r in mem],
                              name="peak", mode="lines", line=dict(dash="dot")))
     if forecast_mib:
-        fig.add_hline(y=forecast_mib, line_dash="dash", line_color="rgb(214,39,40)",
+        fig.add_hline(y=forecast_mib, line_dash="dash", line_color="rgb(90,90,90)",
                       annotation_text=f"forecast peak {forecast_mib:,.0f} MiB", annotation_position="bottom right")
         # keep the forecast line on screen even before the first step is logged
         top = max([forecast_mib] + [r["mem_peak_mib"] for r in mem])
