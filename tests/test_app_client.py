@@ -16,7 +16,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from app_server import REPO, log_tail, running_app  # noqa: E402
+from app_server import REPO, running_app, show_log_on_failure  # noqa: E402
 
 POLL_TIMEOUT = 120.0
 SAMPLE = REPO / "assets" / "tiny_facts.jsonl"
@@ -42,11 +42,7 @@ def client(app):
 @pytest.fixture(autouse=True)
 def _server_log_on_failure(request, app, capsys):
     """Print the end of the server's log when a test of this module fails."""
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before or app.proc.poll() is not None:
-        with capsys.disabled():
-            print(f"\n----- server log ({app.log}) -----\n{log_tail(app.log)}\n----- end of server log -----")
+    yield from show_log_on_failure(request, app, capsys)
 
 
 def validate(client, file: Path | None, model: str, max_len: int = 256, fmt: str = "auto"):

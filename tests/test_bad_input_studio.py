@@ -24,7 +24,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from app_server import REPO, log_tail, running_app
+from app_server import REPO, running_app, show_log_on_failure
 from ft_engine.config import RunConfig
 from ft_engine.data import load_examples
 from ft_engine.errors import DataError, UserError
@@ -88,11 +88,8 @@ def client(app):
 
 @pytest.fixture(autouse=True)
 def _server_log_on_failure(request, app, capsys):
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before or app.proc.poll() is not None:
-        with capsys.disabled():
-            print(f"\n----- server log ({app.log}) -----\n{log_tail(app.log)}\n----- end of server log -----")
+    """Print the end of the server's log when a test of this module fails."""
+    yield from show_log_on_failure(request, app, capsys)
 
 
 def uploads(app) -> set[str]:
