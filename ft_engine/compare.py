@@ -192,6 +192,18 @@ def comparison_by_id(runs_dir: str | os.PathLike, comparison_id: str) -> Compari
     return ComparisonDir(target)
 
 
+def delete_comparison(runs_dir: str | os.PathLike, comparison_id: str) -> None:
+    """Delete one comparison's folder (its table, results and sample answers). Its runs are
+    ordinary runs and stay: delete them one by one if they are not wanted either. Refused
+    while the comparison is queued or running: stop it first."""
+    import shutil
+    cdir = comparison_by_id(runs_dir, comparison_id)
+    status = cdir.read().get("status")
+    if status in (Status.QUEUED.value, Status.RUNNING.value):
+        raise UserError(f"comparison {comparison_id} is {status}; stop it before deleting it")
+    shutil.rmtree(cdir.path)
+
+
 # --- one row per method -----------------------------------------------------------------------
 
 # (key, column header) of the results table, in display order

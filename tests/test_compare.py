@@ -17,8 +17,8 @@ import pytest
 
 from ft_engine import compare
 from ft_engine.cli import main
-from ft_engine.compare import (COLUMNS, DEFAULT_LEARNING_RATES, CompareConfig, ComparisonJob, comparison_by_id,
-                               list_comparisons)
+from ft_engine.compare import (COLUMNS, DEFAULT_LEARNING_RATES, CompareConfig, ComparisonDir, ComparisonJob,
+                               comparison_by_id, list_comparisons)
 from ft_engine.config import RunConfig
 from ft_engine.errors import ConfigError, UserError
 from ft_engine.rundir import Status, list_runs, run_by_id
@@ -155,6 +155,26 @@ def test_comparison_ids_never_leave_the_comparisons_folder(tmp_path):
     for bad in ("../x", "a/b", "", ".hidden"):
         with pytest.raises(UserError):
             comparison_by_id(tmp_path, bad)
+
+
+def test_delete_comparison_keeps_its_runs_and_refuses_a_running_one(finished, tmp_path):
+    import shutil
+
+    from ft_engine.compare import comparisons_root, delete_comparison
+    _, cdir, _, runs_dir = finished
+    runs = tmp_path / "runs"
+    copy = ComparisonDir(shutil.copytree(cdir.path, comparisons_root(runs) / cdir.comparison_id))
+    for bad in ("../x", "..", "/etc"):
+        with pytest.raises(UserError):
+            delete_comparison(runs, bad)
+    copy.write(status="running")  # claimed by this (live) process: really running
+    with pytest.raises(UserError, match="stop it before deleting it"):
+        delete_comparison(runs, cdir.comparison_id)
+    copy.write(status="completed")
+    delete_comparison(runs, cdir.comparison_id)
+    assert not copy.path.exists() and list_comparisons(runs) == []
+    # the original comparison and its three runs are untouched
+    assert cdir.path.is_dir() and all(run_by_id(runs_dir, r) for r in cdir.runs().values())
 
 
 # --- the command line ----------------------------------------------------------------------------

@@ -340,6 +340,7 @@ def test_hosted_demo_caps_rows_and_steps_and_keeps_the_token_secret(hosted, tiny
                          settings_json=json.dumps({"max_steps": 500, "max_rows": 1000, "checkpoint_steps": 1}),
                          api_name="/start_training")
     assert res["run_id"], res
+    assert "first **3 of 12 rows**" in res["message"], res  # the caller is told, not left to find out
     deadline = time.monotonic() + 120
     while (s := client.predict(run_id=res["run_id"], api_name="/run_status"))["status"] not in (
             "completed", "failed", "stopped", "interrupted"):

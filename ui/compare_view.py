@@ -167,7 +167,10 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown):
         stop = gr.Button("■ Stop comparison", variant="stop")
     message = gr.Markdown()
     choices = comparison_choices(studio)
-    pick = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Comparison")
+    with gr.Row(equal_height=True):
+        pick = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Comparison", scale=4)
+        confirm = gr.Checkbox(False, label="Yes, delete this comparison (its runs stay)", scale=2)
+        delete = gr.Button("🗑 Delete comparison", scale=1)
     progress = gr.Markdown()
     table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True)
     chart = gr.Plot(label="Methods side by side")
@@ -221,6 +224,21 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown):
             return f"❌ {html.escape(str(e))}"
 
     stop.click(stop_picked, pick, message, api_visibility="private")
+
+    def delete_picked(comparison_id: str | None, confirmed: bool):
+        if not comparison_id:
+            return "Pick a comparison first.", gr.update(), False
+        if not confirmed:
+            return "Tick the box to confirm, then press Delete again.", gr.update(), False
+        try:
+            compare.delete_comparison(studio.runs_dir, comparison_id)
+        except UserError as e:
+            return f"❌ {html.escape(str(e))}", gr.update(), False
+        new = comparison_choices(studio)
+        return (f"🗑 Comparison `{html.escape(comparison_id)}` deleted; its runs are still in the table above.",
+                gr.update(choices=new, value=new[0][1] if new else None), False)
+
+    delete.click(delete_picked, [pick, confirm], [message, pick, confirm], api_visibility="private")
 
     def refresh(current: str | None = None):
         new = comparison_choices(studio)

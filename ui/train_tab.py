@@ -82,6 +82,10 @@ def _md(text: str) -> str:
 
 
 def queue_message(studio: Studio, run_id: str) -> str:
+    return _queue_place(studio, run_id) + _rows_note(studio, run_id)
+
+
+def _queue_place(studio: Studio, run_id: str) -> str:
     ahead = studio.worker.position(run_id)
     if studio.worker.current_run_id == run_id:
         return f"▶️ **Training** `{run_id}` — watch it in the Monitor tab."
@@ -92,6 +96,16 @@ def queue_message(studio: Studio, run_id: str) -> str:
                 f"it); it starts by itself when they finish.")
     status = studio.run(run_id).read_status()["status"]
     return f"Run `{run_id}`: **{status}**."
+
+
+def _rows_note(studio: Studio, run_id: str) -> str:
+    """Says so when the run trains on fewer rows than the file has (max_rows, or a demo's
+    FT_MAX_ROWS cap): the user should not find out from the results."""
+    data = studio.run(run_id).read_json("data.json") or {}
+    kept, total = data.get("max_rows") or 0, data.get("rows_in_file") or 0
+    if kept and total > kept:
+        return f" Training on the first **{kept} of {total} rows** (max_rows)."
+    return ""
 
 
 def forecast_refusal(config: RunConfig) -> str | None:
