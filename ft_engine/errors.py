@@ -7,6 +7,7 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 MAX_PROBLEMS_SHOWN = 10
@@ -70,3 +71,12 @@ class DataError(UserError):
             if self.total > len(shown):
                 lines.append(f"  ... {self.total - len(shown)} more not shown ({self.total} problems in all)")
         super().__init__("\n".join(lines))
+
+
+def hide_tokens(text: str | None, *tokens: str | None) -> str | None:
+    """`text` with HF_TOKEN and any other `tokens` replaced by ***: a library may echo a
+    request, token included, into its exception, and nothing we write or show may hold one."""
+    for token in (os.environ.get("HF_TOKEN"), *tokens):
+        if text and token:
+            text = text.replace(token, "***")
+    return text

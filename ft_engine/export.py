@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, hide_tokens
 from .models import load_base_model, load_tokenizer
 from .rundir import ADAPTER_DIR, MODEL_DIR, RunDir, open_run
 
@@ -92,7 +92,7 @@ def push_to_hub(run: RunDir, repo_id: str, token: str, kind: str = "adapter", pr
             api.upload_folder(folder_path=str(folder), repo_id=repo_id,
                               commit_message=f"Upload {kind} from Fine-Tune Studio run {run.run_id}")
         except OSError as e:  # network and HTTP errors of huggingface_hub are OSErrors
-            message = str(e).replace(token, "***")  # never echo the token back
+            message = hide_tokens(str(e), token)  # never echo the token back
             raise UserError(f"push to {repo_id} failed: {message.splitlines()[0]}; check the token's "
                             f"write access and your network") from None
     return f"https://huggingface.co/{repo_id}"

@@ -277,20 +277,12 @@ def model_shape(model) -> ModelShape:
     elif isinstance(model, str) and model == LLAMA_1B_SHAPE:
         cfg, name = llama_1b_config(), LLAMA_1B_SHAPE
     elif isinstance(model, str):
-        from transformers import AutoConfig
-
         from .config import _check_model_id
-        from .models import _hub_error, model_source
+        from .models import load_config
         problems = _check_model_id(model)
         if problems:
             raise UserError(problems[0] + f" (or '{LLAMA_1B_SHAPE}' to plan with Llama 3.2 1B's shape)")
-        import os
-        try:
-            cfg = AutoConfig.from_pretrained(model_source(model), token=os.environ.get("HF_TOKEN"),
-                                             trust_remote_code=False)
-        except (OSError, ValueError) as e:
-            raise _hub_error(model, e) from e
-        name = model
+        cfg, name = load_config(model), model
     else:
         raise UserError(f"model must be a model name or a transformers config, got {type(model).__name__}")
 

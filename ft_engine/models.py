@@ -138,19 +138,23 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def context_length(model: str) -> int | None:
-    """The longest sequence the model was built for (max_position_embeddings in its
-    config.json), or None when its config does not say."""
+def load_config(model: str):
+    """The model's config.json as a transformers config (no weights; remote code never run)."""
     from transformers import AutoConfig
     try:
-        config = AutoConfig.from_pretrained(model_source(model), token=os.environ.get("HF_TOKEN"),
-                                            trust_remote_code=False)
+        return AutoConfig.from_pretrained(model_source(model), token=os.environ.get("HF_TOKEN"),
+                                          trust_remote_code=False)
     except OSError as e:
         raise _hub_error(model, e) from e
     except ValueError as e:  # e.g. a model_type transformers does not know (remote code is never run)
         raise UserError(f"cannot read the config of model '{model}': {str(e).splitlines()[0]}; use a "
                         f"Llama-style model that transformers supports") from None
-    limit = getattr(config, "max_position_embeddings", None)
+
+
+def context_length(model: str) -> int | None:
+    """The longest sequence the model was built for (max_position_embeddings in its
+    config.json), or None when its config does not say."""
+    limit = getattr(load_config(model), "max_position_embeddings", None)
     return limit if isinstance(limit, int) and limit > 0 else None
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import random
 import shutil
 import threading
@@ -31,7 +30,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from . import memory
 from .config import RunConfig
 from .data import load_examples
-from .errors import UserError
+from .errors import UserError, hide_tokens
 from .models import build_model, check_max_seq_len, load_tokenizer, resolve_precision
 from .render import EncodedData, PadToLongest, encode_all
 from .rundir import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, MODEL_DIR, RunDir,
@@ -191,7 +190,7 @@ class TrainingJob:
         except UserError as e:
             self._fail(str(e), trainer)
         except Exception as e:  # a bug or an environment failure: keep the traceback in the log
-            tb = _scrub(traceback.format_exc())
+            tb = hide_tokens(traceback.format_exc())
             # the text, not exc_info: a log handler that keeps records (pytest's, a buffering one)
             # would keep the traceback's frames alive, and with them the model and its memory
             log.error("run %s failed:\n%s", run.run_id, tb)
@@ -326,16 +325,10 @@ class TrainingJob:
         }
 
     def _fail(self, message: str, trainer, tb: str | None = None) -> None:
-        message, tb = _scrub(message), _scrub(tb)
+        message, tb = hide_tokens(message), hide_tokens(tb)
         self.event("error", message, _step(trainer))
         self.run_dir.write_status(status=Status.FAILED, ended_at=utc_now(), error=message,
                                   step=_step(trainer), **({"traceback": tb} if tb else {}))
-
-
-def _scrub(text: str | None) -> str | None:
-    """A library may echo a request, token included, into its exception: never write it out."""
-    token = os.environ.get("HF_TOKEN")
-    return text.replace(token, "***") if text and token else text
 
 
 def _n_val(n_rows: int, fraction: float) -> int:

@@ -112,7 +112,7 @@ def test_api_start_is_refused_then_started_anyway(tiny_model, chat_file, tmp_pat
     settings = '{"max_steps": 1, "checkpoint_steps": 0}'
     refused = start(data_path, tiny_model, "lora", "Quick demo", settings)
     assert refused["run_id"] == "" and "would run out of memory" in refused["message"]
-    assert "Fixes:" in refused["message"] or "start it anyway" in refused["message"]
+    assert "Fixes:" in refused["message"] and "start_anyway=True" in refused["message"]
     assert studio.runs() == []  # nothing was created
     started = start(data_path, tiny_model, "lora", "Quick demo", settings, True)
     assert started["run_id"]
