@@ -51,7 +51,7 @@ def main() -> None:
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         theme=THEME, css=CSS, show_error=True,
-        auth=auth,
+        auth=limits.LoginCheck(*auth).check if auth else None,  # one attempt at a time, wrong ones slowed
         max_file_size=upload_limit,  # Gradio refuses bigger uploads (HTTP 413) before they are stored
         # Gradio serves only its own upload/cache folder and what the app returns (the export zips,
         # written to the system temp folder); the runs folder is never served directly.

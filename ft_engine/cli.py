@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--system", default=None, help="system prompt")
 
-    r = sub.add_parser("runs", help="list runs: id, method, model, status, steps, last loss")
+    r = sub.add_parser("runs", help="list runs (id, method, model, status, steps, last loss) and comparisons")
     r.add_argument("--runs-dir", default=None, help="default: $FT_RUNS_DIR or ./runs")
 
     e = sub.add_parser("export", help="merge the adapter into its base and save a standalone model")
@@ -150,21 +150,45 @@ def cmd_chat(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .rundir import list_runs
+    from .compare import list_comparisons
+    from .rundir import DamagedFileError, list_runs
     runs_dir = args.runs_dir or default_runs_dir()
     runs = list_runs(runs_dir)
+    comparisons = list_comparisons(runs_dir)
     if not runs:
         print(f"no runs in {Path(runs_dir).resolve()}")
-        return 0
+    else:
+        _print_runs(runs)
+    if comparisons:
+        # a comparison's folder is what the studio's Compare methods section lists and deletes;
+        # `rm -r` of that folder is the command-line equivalent (its runs stay)
+        print(f"\ncomparisons (in {Path(runs_dir).resolve() / comparisons[0].path.parent.name}):")
+        print(f"{'id':<40} {'status':<11} runs")
+        for cdir in comparisons:
+            try:
+                info = cdir.read()
+            except DamagedFileError as e:
+                print(f"{cdir.comparison_id:<40} {'damaged':<11} {e}")
+                continue
+            methods = ", ".join(f"{m}={rid}" for m, rid in (info.get("runs") or {}).items())
+            print(f"{cdir.comparison_id:<40} {info.get('status', '?'):<11} {methods}")
+    return 0
+
+
+def _print_runs(runs) -> None:
+    from .rundir import DamagedFileError
     print(f"{'id':<40} {'method':<6} {'model':<28} {'status':<11} {'steps':>9} {'last loss':>9}")
     for run in runs:
-        s = run.read_status()
+        try:
+            s = run.read_status()
+        except DamagedFileError as e:
+            print(f"{run.run_id:<40} {'?':<6} {'?':<28} {'damaged':<11} {'':>9} {'':>9}  {e}")
+            continue
         steps = f"{s.get('step', 0)}/{s.get('total_steps') or '?'}"
         losses = [r["loss"] for r in run.read_metrics() if "loss" in r]
         loss = f"{losses[-1]:.4f}" if losses else "-"
         print(f"{run.run_id:<40} {s.get('method', '?'):<6} {str(s.get('model', '?'))[:28]:<28} "
               f"{s.get('status', '?'):<11} {steps:>9} {loss:>9}")
-    return 0
 
 
 def cmd_export(args) -> int:

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 from . import stack
 from .config import RunConfig
 from .errors import ConfigError, UserError
-from .rundir import (RunDir, Status, _owner_alive, _process_identity, _SAFE_ID, atomic_write_text,
-                     new_run_id, run_by_id, utc_now)
+from .rundir import (DamagedFileError, RunDir, Status, _owner_alive, _process_identity, _SAFE_ID,
+                     atomic_write_text, new_run_id, read_json_object, run_by_id, utc_now)
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -146,7 +146,7 @@ class ComparisonDir:
     def read(self, reconcile: bool = True) -> dict[str, Any]:
         """comparison.json. With `reconcile`, one whose process died mid-way reads `interrupted`."""
         try:
-            info = json.loads((self.path / COMPARISON_FILE).read_text(encoding="utf-8"))
+            info = read_json_object(self.path / COMPARISON_FILE)
         except FileNotFoundError:
             raise UserError(f"{self.path} is not a comparison (no {COMPARISON_FILE}); "
                             f"pick one from the list of comparisons") from None
@@ -198,7 +198,10 @@ def delete_comparison(runs_dir: str | os.PathLike, comparison_id: str) -> None:
     while the comparison is queued or running: stop it first."""
     import shutil
     cdir = comparison_by_id(runs_dir, comparison_id)
-    status = cdir.read().get("status")
+    try:
+        status = cdir.read().get("status")
+    except DamagedFileError:
+        status = None  # no live comparison writes a damaged file (its writes are atomic)
     if status in (Status.QUEUED.value, Status.RUNNING.value):
         raise UserError(f"comparison {comparison_id} is {status}; stop it before deleting it")
     shutil.rmtree(cdir.path)

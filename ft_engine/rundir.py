@@ -134,7 +134,7 @@ class RunDir:
         """status.json as a dict. With `reconcile`, a queued/running run whose owning process
         is gone is reported (and rewritten) as `interrupted`."""
         try:
-            status = json.loads((self.path / STATUS_FILE).read_text(encoding="utf-8"))
+            status = read_json_object(self.path / STATUS_FILE)
         except FileNotFoundError:
             raise UserError(f"{self.path} is not a run directory (no {STATUS_FILE}); "
                             f"list runs with `python -m ft_engine runs`") from None
@@ -215,6 +215,26 @@ def open_run(path_or_id: str | os.PathLike, runs_dir: str | os.PathLike | None =
                     f"`python -m ft_engine runs` lists them")
 
 
+class DamagedFileError(UserError):
+    """A status/comparison file that is not the JSON object this program writes. Our own
+    writes are atomic, so this means a hand edit, a full disk elsewhere, or a damaged disk."""
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; FileNotFoundError if it is missing, DamagedFileError (which
+    names the file and what to do) if it is not a JSON object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        problem = f"it is not valid JSON ({e})"
+    else:
+        if isinstance(value, dict):
+            return value
+        problem = f"it holds a JSON {type(value).__name__}, not an object"
+    raise DamagedFileError(f"{path} is damaged: {problem}. Nothing else in {path.parent.name} was touched: "
+                           f"restore the file from a backup, or delete {path.parent.name}")
+
+
 def list_runs(runs_dir: str | os.PathLike) -> list[RunDir]:
     """Every run directory under runs_dir, oldest first."""
     root = Path(runs_dir)
@@ -225,8 +245,15 @@ def list_runs(runs_dir: str | os.PathLike) -> list[RunDir]:
 
 
 def summarize(run: RunDir) -> dict[str, Any]:
-    """One row of the runs table: what a person compares runs by."""
-    s = run.read_status()
+    """One row of the runs table: what a person compares runs by. A run whose status.json is
+    damaged is still a row (status `damaged`, the fix in `error`), so one bad folder never
+    hides the others."""
+    try:
+        s = run.read_status()
+    except DamagedFileError as e:
+        return {"run_id": run.run_id, "name": run.run_id, "method": None, "model": None, "status": "damaged",
+                "step": 0, "total_steps": None, "train_loss": None, "eval_loss": None, "peak_mib": None,
+                "elapsed_s": None, "tokens_per_second": None, "created_at": None, "error": str(e)}
     metrics = run.read_metrics()
     train = [r for r in metrics if "loss" in r]
     evals = [r for r in metrics if "eval_loss" in r]
@@ -254,7 +281,10 @@ def delete_run(runs_dir: str | os.PathLike, run_id: str) -> None:
     else (paths, '..', links) is refused, so a user value can never delete outside it."""
     import shutil
     run = run_by_id(runs_dir, run_id)
-    status = run.read_status().get("status")
+    try:
+        status = run.read_status().get("status")
+    except DamagedFileError:
+        status = None  # no live job writes a damaged file (its writes are atomic): deleting it is safe
     if status in (Status.RUNNING.value, Status.QUEUED.value):
         raise UserError(f"run {run_id} is {status}; stop it before deleting it")
     shutil.rmtree(run.path)

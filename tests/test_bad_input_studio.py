@@ -226,7 +226,8 @@ BAD_SETTINGS = [
     # the engine's answer depends on whether ../../etc exists seen from where the tests run
     ({}, "../../etc", "model '../../etc' is not accepted here",
      ("model folder ../../etc has no config.json", "model folder not found: ../../etc")),
-    ({}, "/etc/passwd", "model folder not found: /etc/passwd", "model folder not found: /etc/passwd"),
+    ({}, "/etc/passwd", "no model folder at /etc/passwd", "model folder not found: /etc/passwd"),
+    ({}, "/etc", "no model folder at /etc", "model folder /etc has no config.json"),
     ({}, "..\\x", "model '..\\\\x' is not accepted here", "model '..\\\\x' is neither"),
     ({}, "a/../../b", "model 'a/../../b' is not accepted here", "model folder not found: a/../../b"),
     ({}, "~/models", "model '~/models' is not accepted here", "model"),

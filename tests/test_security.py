@@ -8,6 +8,7 @@ over HTTP.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -169,6 +171,27 @@ def test_a_bad_ft_auth_never_echoes_the_password(value, monkeypatch):
     assert "hunter2" not in str(info.value) and "alice" not in str(info.value)
 
 
+def test_login_check_takes_one_guess_at_a_time_and_slows_wrong_ones():
+    import asyncio
+    login = limits.LoginCheck("alice", "s3cret:x", failure_delay_s=0.2)
+    check = login.check
+    assert inspect.iscoroutinefunction(check)  # else Gradio takes the un-awaited coroutine for a yes
+
+    async def attempts():
+        start = time.monotonic()
+        # five guesses sent at once, then the right login: the guesses cannot overlap
+        results = await asyncio.gather(*(check("alice", f"guess{i}") for i in range(5)), check("alice", "s3cret:x"))
+        took = time.monotonic() - start
+        others = [await check("bob", "s3cret:x"), await check("alice", "s3cret"), await check("", ""),
+                  await check("alice", "s3cret:x ")]
+        return results, took, others
+
+    results, took, others = asyncio.run(attempts())
+    assert results == [False] * 5 + [True]
+    assert took >= 5 * 0.2, took
+    assert others == [False, False, False, False] and login.failures == 9
+
+
 def test_row_and_step_caps_apply_to_every_studio_run(monkeypatch, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "x"}\n')
@@ -190,9 +213,22 @@ def test_model_values_with_path_tricks_are_refused(model):
         check_model_value(model)
 
 
-@pytest.mark.parametrize("model", ["bundled", "meta-llama/Llama-3.2-1B-Instruct", " owner/name.v2 ", "/abs/folder"])
-def test_plain_model_values_pass(model):
+@pytest.mark.parametrize("model", ["bundled", "meta-llama/Llama-3.2-1B-Instruct", " owner/name.v2 ", "{tiny}"])
+def test_plain_model_values_pass(model, tiny_model):
+    model = model.format(tiny=tiny_model)  # an absolute path of a real model folder
     assert check_model_value(model) == model.strip()
+
+
+def test_a_path_that_is_not_a_model_gets_one_answer_whatever_is_there(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    answers = set()
+    for there in ("folder", "file.txt", "nothing-here", "folder/"):
+        with pytest.raises(ConfigError) as info:
+            check_model_value(str(tmp_path / there))
+        answers.add(str(info.value).replace(str(tmp_path / there), "PATH"))
+    assert len(answers) == 1, answers
+    assert "no model folder at PATH" in answers.pop()
 
 
 # --- trust_remote_code can't be switched on by any user value -----------------------------------
@@ -318,6 +354,25 @@ def test_hosted_refuses_callers_without_login(hosted):
         Client(hosted.url, verbose=False)
     with pytest.raises(ValueError, match="Could not login"):  # Gradio answers a wrong password with 400
         Client(hosted.url, auth=(USER, "wrong"), verbose=False)
+    # guesses sent at once are answered one by one, a second (LOGIN_FAILURE_DELAY_S) each
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guess(i: int) -> int:
+        body = urllib.parse.urlencode({"username": USER, "password": f"guess-{i}"}).encode()
+        req = urllib.request.Request(hosted.url + "login", data=body, method="POST")
+        try:
+            return urllib.request.urlopen(req, timeout=30).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(guess, range(4)))
+    took = time.monotonic() - start
+    assert codes == [400] * 4 and took >= 4 * limits.LOGIN_FAILURE_DELAY_S, (codes, took)
+    log = hosted.log.read_text()
+    assert "failed sign-in #5" in log and "guess-" not in log  # counted and logged; the guesses are not
+    Client(hosted.url, auth=(USER, PASSWORD), verbose=False)  # the right login still gets in
     for method, path, body in [("POST", "gradio_api/call/list_runs", b'{"data": []}'), ("GET", "config", None),
                                ("GET", "gradio_api/info", None), ("POST", "gradio_api/upload", b"x"),
                                ("GET", f"gradio_api/file={SAMPLE}", None)]:

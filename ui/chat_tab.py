@@ -7,6 +7,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ft_engine.errors import UserError
+from ft_engine.rundir import DamagedFileError
 
 from .context import Studio
 
@@ -17,7 +18,11 @@ def chattable_runs(studio: Studio) -> list[str]:
     """Runs with a trained result, newest first."""
     out = []
     for run in reversed(studio.runs()):
-        if run.read_status().get("status") in CHATTABLE and run.result_dir is not None:
+        try:
+            status = run.read_status().get("status")
+        except DamagedFileError:  # listed as damaged in the Runs tab; nothing to chat with here
+            continue
+        if status in CHATTABLE and run.result_dir is not None:
             out.append(run.run_id)
     return out
 

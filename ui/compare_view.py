@@ -14,6 +14,7 @@ from plotly.subplots import make_subplots
 
 from ft_engine import compare
 from ft_engine.errors import UserError
+from ft_engine.rundir import DamagedFileError
 
 from .charts import _LAYOUT
 from .context import Studio
@@ -114,7 +115,11 @@ def comparison_choices(studio: Studio) -> list[tuple[str, str]]:
     """(label, id) of every comparison, newest first."""
     out = []
     for cdir in reversed(compare.list_comparisons(studio.runs_dir)):
-        info = cdir.read()
+        try:
+            info = cdir.read()
+        except DamagedFileError:  # still listed, so it can be deleted; opening it shows why
+            out.append((f"{cdir.comparison_id} · damaged", cdir.comparison_id))
+            continue
         steps = info.get("settings", {}).get("base", {}).get("max_steps")
         out.append((f"{cdir.comparison_id} · {', '.join(info['runs'])} · {steps} steps · {info['status']}",
                     cdir.comparison_id))

@@ -7,6 +7,7 @@ values mean. Unit-tested in tests/test_ui_form.py.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from ft_engine.config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
@@ -94,6 +95,11 @@ def check_model_value(model: Any) -> str:
         raise ConfigError([f"model {text!r} is not accepted here ('..', '~', '\\' and control characters "
                            f"are refused): use '{BUNDLED_MODEL}', a hub id like owner/name, or the absolute "
                            f"path of a model folder"])
+    # A path gets one answer whether nothing is there, a file, or a folder without a model, so
+    # a visitor can't map the server's folders by trying paths.
+    if text.startswith(("/", "./")) and not (Path(text) / "config.json").is_file():
+        raise ConfigError([f"no model folder at {text}: give the path of a folder saved with save_pretrained() "
+                           f"(it holds config.json), '{BUNDLED_MODEL}', or a hub id like owner/name"])
     return text
 
 

@@ -12,11 +12,17 @@ than being ignored.
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import logging
 import os
 
 from ft_engine.errors import UserError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_UPLOAD_MB = 100.0
+LOGIN_FAILURE_DELAY_S = 1.0
 
 
 def max_upload_bytes() -> int:
@@ -59,6 +65,38 @@ def login() -> tuple[str, str] | None:
     if not sep or not user.strip() or not password:
         raise UserError("FT_AUTH must be user:password (both non-empty), e.g. FT_AUTH='studio:a-long-passphrase'")
     return user.strip(), password
+
+
+class LoginCheck:
+    """The sign-in check Gradio calls for every attempt: pass `launch(auth=LoginCheck(u, p).check)`.
+
+    Gradio's own (user, password) check answers as fast as it is asked, so a guesser may try
+    thousands of passwords a second. Here attempts are checked one at a time and a wrong one
+    holds the line for `failure_delay_s`: at most one guess per delay, however many connections
+    a guesser opens. The price: while someone is guessing, a right password waits its turn.
+    Async, because Gradio calls a plain function on its event loop, where sleeping would stop
+    every other request."""
+
+    def __init__(self, user: str, password: str, failure_delay_s: float = LOGIN_FAILURE_DELAY_S):
+        self._user, self._password = user.encode(), password.encode()
+        self.failure_delay_s = failure_delay_s
+        self.failures = 0
+        self._one_at_a_time = asyncio.Lock()
+
+    async def check(self, username: str, password: str) -> bool:
+        # A method, not __call__: Gradio awaits auth only if inspect.iscoroutinefunction(auth),
+        # which is False for an object with an async __call__; it would take the coroutine
+        # object it got back for a yes and let every password in.
+        async with self._one_at_a_time:
+            # both compared in constant time, and both always compared: timing tells nothing
+            ok = hmac.compare_digest(username.encode(), self._user) & hmac.compare_digest(password.encode(),
+                                                                                          self._password)
+            if not ok:
+                self.failures += 1
+                log.warning("failed sign-in #%d (user %r); next attempt in %.1f s", self.failures, username[:40],
+                            self.failure_delay_s)
+                await asyncio.sleep(self.failure_delay_s)
+            return ok
 
 
 def describe_bytes(n: int) -> str:
