@@ -10,6 +10,14 @@ build the 1B model once:
     HF_HUB_OFFLINE=1 .venv/bin/python bench/forecast_accuracy.py
     HF_HUB_OFFLINE=1 .venv/bin/python bench/forecast_accuracy.py --only bundled --only lora --json out.json
 
+Variants check the forecast of the changes the studio suggests when a run will not fit
+(`--variant` is repeatable; the default is the plain run only):
+  ckpt   activation checkpointing on
+  8bit   the 8-bit AdamW optimizer (bitsandbytes adamw_8bit)
+  sgd    plain SGD (no optimizer state)
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/forecast_accuracy.py --only 4x512 --variant ckpt --variant 8bit
+
 Models:
   bundled   SmolLM2-135M (the studio's offline model; vocab 49152, tied embeddings).
   1b        a random-weight model with Llama 3.2 1B's shape (forecast.llama_1b_config():
@@ -52,6 +60,9 @@ from ft_engine.models import cache_dir, model_source  # noqa: E402
 
 LLAMA_1B_DIR = "llama-3.2-1b-shape-random-seed0"
 METHODS = ("full", "lora", "qlora")
+# variant name -> the RunConfig settings it changes ("" = the plain run)
+VARIANTS = {"": {}, "ckpt": {"activation_checkpointing": True}, "8bit": {"optimizer": "adamw_8bit"},
+            "sgd": {"optimizer": "sgd"}}
 
 # (model key, batch_size, max_seq_len, steps). Shapes: a small batch (1x256, where weights and
 # load transients dominate) and a bigger one (bundled 4x512 = 2,048 tokens, 1B 2x512 = 1,024
@@ -69,10 +80,11 @@ class Case:
     seq: int
     steps: int
     method: str
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.model}/{self.batch}x{self.seq}/{self.method}"
+        return f"{self.model}/{self.batch}x{self.seq}/{self.method}" + (f"/{self.variant}" if self.variant else "")
 
 
 # --- the 1B-shaped model ----------------------------------------------------------------------
@@ -123,7 +135,8 @@ def case_config(case: Case, model_dir: str, data: Path, work: Path) -> RunConfig
     return RunConfig(model=model_dir, data=str(data), data_format="text", train_on_prompt=True,
                      method=case.method, batch_size=case.batch, max_seq_len=case.seq, max_steps=case.steps,
                      learning_rate=1e-5 if case.method == "full" else 2e-4, val_fraction=0.0,
-                     checkpoint_steps=0, runs_dir=str(work / "runs"), run_name=case.name.replace("/", "-"))
+                     checkpoint_steps=0, runs_dir=str(work / "runs"), run_name=case.name.replace("/", "-"),
+                     **VARIANTS[case.variant])
 
 
 def judge(result: dict, fc) -> dict:
@@ -159,6 +172,7 @@ def run_case(case: Case, model_dir: str, data: Path, work: Path, args) -> dict:
         guard = watch(child, args.floor_mib * MIB, args.rss_limit_mib * MIB,
                       work / f"{cfg.run_name}.trace" if args.trace else None)
     out = {"case": case.name, "model": case.model, "shape": f"{case.batch}x{case.seq}", "method": case.method,
+           "variant": case.variant,
            "available_mib": round(avail[1] / MIB), "verdict": verdict(fc, avail),
            "wall_s": round(time.perf_counter() - t0, 1), "polled_peak_mib": round(guard["max_rss"] / MIB, 1),
            "log": str(log_path), "stopped_by_guard": guard["stopped"]}
@@ -182,7 +196,7 @@ def reforecast(path: Path, models: dict[str, str]) -> list[dict]:
     results = json.loads(path.read_text())
     for r in results:
         batch, seq = map(int, r["shape"].split("x"))
-        case = Case(r["model"], batch, seq, 0, r["method"])
+        case = Case(r["model"], batch, seq, 0, r["method"], r.get("variant", ""))
         cfg = case_config(case, models[r["model"]], Path("unused"), Path("unused"))
         fc = forecast(cfg, model_shape(models[r["model"]]), "cpu", seq_len=seq)
         r["verdict"] = verdict(fc, r["available_mib"] * MIB)
@@ -229,20 +243,20 @@ def _rss_file(pid: int) -> str:
 
 # --- main ------------------------------------------------------------------------------------------
 
-def cases(only: list[str]) -> list[Case]:
-    """Every case whose name contains each --only filter (model, NxS shape or method)."""
-    out = [Case(m, b, s, n, method) for m, b, s, n in SHAPES for method in METHODS]
+def cases(only: list[str], variants: list[str]) -> list[Case]:
+    """Every case of `variants` whose name contains each --only filter (model, NxS shape or method)."""
+    out = [Case(m, b, s, n, method, v) for v in variants for m, b, s, n in SHAPES for method in METHODS]
     return [c for c in out if all(f in c.name.split("/") for f in only)]
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"{'model':<8}{'shape':>6} {'method':<7}{'forecast MiB':>13}{'measured MiB':>13}{'error':>8}  "
+    print(f"{'model':<8}{'shape':>6} {'method':<7}{'variant':<8}{'forecast MiB':>13}{'measured MiB':>13}{'error':>8}  "
           f"{'verdict':<13}outcome")
     for r in results:
         err = f"{r['error_pct']:+.1f}%" if "error_pct" in r else "-"
         measured = f"{r['measured_mib']:,.0f}" if not r["stopped_by_guard"] else f">={r['measured_mib']:,.0f}"
         outcome = f"{r['stopped_by_guard']}; {r['outcome']}" if r["stopped_by_guard"] else r["outcome"]
-        print(f"{r['model']:<8}{r['shape']:>6} {r['method']:<7}{r['forecast_mib']:>13,.0f}{measured:>13}{err:>8}  "
+        print(f"{r['model']:<8}{r['shape']:>6} {r['method']:<7}{r.get('variant', ''):<8}{r['forecast_mib']:>13,.0f}{measured:>13}{err:>8}  "
               f"{r['verdict']:<13}{outcome}")
     measured = [r for r in results if "error_pct" in r]
     off = [r["case"] for r in measured if abs(r["error_pct"]) > 15]
@@ -258,6 +272,9 @@ def main() -> None:
     p.add_argument("--only", action="append", default=[],
                    help="run only cases matching this model (bundled, 1b), shape (e.g. 4x512) or method; "
                         "repeatable, all must match")
+    p.add_argument("--variant", action="append", choices=sorted(v for v in VARIANTS if v),
+                   help="also (or, with --no-plain, only) run the cases with this change: ckpt, 8bit, sgd")
+    p.add_argument("--no-plain", action="store_true", help="with --variant: skip the plain runs")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     p.add_argument("--reforecast", metavar="FILE", help="train nothing: print the results in FILE (written "
                                                         "by --json) with the current code's forecasts")
@@ -284,7 +301,7 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
         return
-    todo = cases(args.only)
+    todo = cases(args.only, ([] if args.no_plain else [""]) + (args.variant or []))
     if not todo:
         raise SystemExit(f"no case matches --only {args.only}; filters are bundled or 1b, a shape such as "
                          f"{', '.join(sorted({f'{b}x{s}' for _, b, s, _ in SHAPES}))}, or a method")
