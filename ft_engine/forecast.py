@@ -61,7 +61,8 @@ class Constants:
     are the knobs. Calibrated on CPU (torch 2.13, transformers 5.24, peft 0.21, bitsandbytes
     0.50, glibc malloc) against tiny Llamas (hidden 64-256, 2-4 layers), SmolLM2-135M and a
     Llama-3.2-1B-shaped model: bench/forecast_accuracy.py prints forecast vs measured peak
-    (within ±3% there). The CUDA-only numbers are not yet checked against a GPU."""
+    (plain runs within ±5% there, the suggested changes within ±15% but one). The CUDA-only
+    numbers are not yet checked against a GPU."""
 
     # --- activations: elements saved per layer per token (see `_activation_elements`) -------
     # Counted with torch.autograd.graph.saved_tensors_hooks on tiny Llamas (CPU, fp32).
@@ -122,10 +123,41 @@ class Constants:
     cpu_mmap_threshold_max: int = 32 * MIB
     """glibc's largest dynamic mmap threshold on 64-bit Linux (DEFAULT_MMAP_THRESHOLD_MAX):
     blocks at least this big are always mmapped and go back to the OS when freed."""
+    cpu_ckpt_retained_lora: float = 14.5
+    """On CPU with a frozen base and activation checkpointing, the freed memory glibc keeps
+    while checkpointed layers run and re-run, in layers' worth of the activations it serves from
+    its heap (tensors under `cpu_mmap_threshold_max`; bigger ones are unmapped when freed):
+    this many layers' worth for a deep model, fewer for a shallow one (see
+    `cpu_ckpt_retained_depth`). Checkpointing saves less there than it does with a trainable
+    base, whose gradients fill the holes: SmolLM2-135M LoRA at 4x512 peaked at 4,950 MiB with
+    checkpointing, 8,598 without, where the saved tensors alone predict ~2,850
+    (bench/forecast_accuracy.py --variant ckpt). The same model cut to 4, 10, 20 and 30 layers
+    kept 2.2, 7.9, 10.5 and 12.2 layers' worth: it saturates, it does not grow with depth."""
+    cpu_ckpt_retained_depth: float = 9.0
+    """Layers over which that retention saturates: retained = cpu_ckpt_retained_* *
+    max(0, 1 - exp(-(layers - cpu_ckpt_retained_from) / this)) * the heap-served bytes of one
+    layer (fitted to the 4-30-layer cuts above)."""
+    cpu_ckpt_retained_from: float = 2.7
+    """Below about this many layers nothing measurable is retained."""
+    cpu_ckpt_retained_qlora: float = 9.5
+    """`cpu_ckpt_retained_lora` for QLoRA while its dequantized weights come from the heap (see
+    `cpu_layer_factor_qlora`; SmolLM2-135M at 4x512: 4,235 MiB measured); with mmapped
+    dequantized weights (the Llama-3.2-1B shape) QLoRA showed none."""
     cpu_backward_layers_frozen: float = 1.3
     """On CPU, `backward_layers_frozen`: layers' worth of activations alive on top of the
     saved ones during backward, fitted together with the factors above (it was 3.5 when the
     allocator's extra was not separated from it, on 2-4-layer models only)."""
+
+    # --- CPU, full fine-tuning: the end of backward and the optimizer step --------------------
+    cpu_full_end_copies: float = 2.5
+    """fp32 copies of the largest trainable tensor (the embedding) alive on top of the weights,
+    gradients and optimizer state at the end of backward, on CPU: the embedding's dense
+    gradient and its sum into the gradient lm_head (tied) or the optimizer gave it. Only shows
+    when activations are small next to the embedding (Llama-3.2-1B shape, 1x256, SGD: 2,481 MiB
+    over weights + gradients + baseline = 2.5 copies of its 1,002 MiB embedding)."""
+    cpu_adam8bit_step_copies: float = 3.9
+    """The same during bitsandbytes' 8-bit AdamW step on CPU, whose 32-bit update of the
+    embedding makes fp32 temporaries of it (Llama-3.2-1B shape, 1x256: 3.9 copies)."""
 
     # --- fixed costs ------------------------------------------------------------------------
     cpu_process_baseline: int = 590 * MIB
@@ -538,6 +570,17 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     else:
         comp["runtime_overhead"] += c.cuda_workspace
 
+    if device == "cpu" and method == "full":
+        # Late in the step activations are gone but the largest tensor's fp32 copies are not:
+        # the end of backward (the embedding's dense gradient summed into its gradient) and
+        # 8-bit AdamW's 32-bit embedding update. This floor only wins when the embedding is big
+        # next to the activations (a 1B model's 128k vocabulary at a short batch).
+        largest = 4 * max(n for n, _ in tensors)
+        copies = max(c.cpu_full_end_copies, c.cpu_adam8bit_step_copies if config.optimizer == "adamw_8bit" else 0)
+        late = c.cpu_process_baseline + comp["weights_trainable"] + comp["gradients"] \
+            + comp["optimizer_state"] + copies * largest
+        comp["optimizer_temp"] += max(0, late - sum(comp.values()))
+
     load_peak = None
     if device == "cpu":
         # The peak may come while loading, before any training: see `cpu_load_peak_bytes`.
@@ -608,6 +651,26 @@ def _activation_elements(config: RunConfig, shape: ModelShape,
     return hidden, other
 
 
+def _heap_layer_bytes(config: RunConfig, shape: ModelShape, tokens: int, seq: int, per_layer: float,
+                      c: Constants = DEFAULTS) -> float:
+    """The part of one layer's activations (fp32, CPU) held in tensors glibc serves from its heap:
+    per_layer minus the intermediate-sized, hidden/attention-sized tensors and the mask when one
+    such tensor is at least `cpu_mmap_threshold_max` (then it is mapped, and unmapped when freed)."""
+    h, q, i = shape.hidden, shape.q_dim, shape.intermediate
+    targets = lora_targets(config, shape) if config.method != "full" else []
+    i_count = c.act_i_frozen + ("down_proj" in targets) * (1 + (c.lora_dropout_copies if config.lora_dropout > 0
+                                                                 else 0))
+    hidden, other = _activation_elements(config, shape, c)
+    out = per_layer
+    if tokens * i * 4 >= c.cpu_mmap_threshold_max:
+        out -= tokens * i_count * i * 4
+    if tokens * max(h, q) * 4 >= c.cpu_mmap_threshold_max:
+        out -= tokens * (hidden + other - i_count * i) * 4
+    if config.batch_size * seq * seq * 4 >= c.cpu_mmap_threshold_max:
+        out -= config.batch_size * seq * seq * c.mask_bytes
+    return max(out, 0.0)
+
+
 def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: str, precision: str,
                      constants: Constants = DEFAULTS, seq: int | None = None) -> int:
     """Activations alive at the peak for one micro-batch (tokens = batch_size * max_seq_len).
@@ -618,6 +681,9 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     with checkpointing:     layers * tokens * h * residual bytes (each layer's input, kept by
                             the checkpoint) + (factor + backward) * per layer (one layer
                             recomputed in backward, and its gradients) + final norm
+                            (+ on CPU with a frozen base, what the allocator keeps:
+                            cpu_ckpt_retained_* * max(0, 1 - exp(-(layers - from) / depth))
+                            * the heap-served part of a layer)
     (on CPU with a frozen base, `layers` counts cpu_layer_factor_lora/qlora times: what the
     allocator keeps; QLoRA's factor applies while its largest dequantized weight is under
     cpu_mmap_threshold_max; see Constants)
@@ -637,7 +703,7 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     per_layer = tokens * (hidden * residual + other * act) + config.batch_size * seq * seq * mask
     final = tokens * h * residual * (c.act_final_h_trainable if config.method == "full"
                                      else c.act_final_h_frozen)
-    factor = 1.0
+    factor, heap = 1.0, False
     if config.method == "full":
         backward = c.backward_layers
     elif device == "cpu":
@@ -649,6 +715,12 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
         backward = c.backward_layers_frozen
     if config.activation_checkpointing:
         total = shape.layers * tokens * h * residual + (factor + backward) * per_layer + final
+        if device == "cpu" and config.method != "full":
+            retained = c.cpu_ckpt_retained_lora if config.method == "lora" else \
+                c.cpu_ckpt_retained_qlora if heap else 0.0
+            saturation = max(0.0, 1 - math.exp(-(shape.layers - c.cpu_ckpt_retained_from)
+                                               / c.cpu_ckpt_retained_depth))
+            total += retained * saturation * _heap_layer_bytes(config, shape, tokens, seq, per_layer, c)
     else:
         total = (shape.layers * factor + backward) * per_layer + final
     return int(total)
