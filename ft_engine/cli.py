@@ -151,7 +151,7 @@ def cmd_chat(args) -> int:
 
 def cmd_runs(args) -> int:
     from .compare import list_comparisons
-    from .rundir import DamagedFileError, list_runs
+    from .rundir import list_runs
     runs_dir = args.runs_dir or default_runs_dir()
     runs = list_runs(runs_dir)
     comparisons = list_comparisons(runs_dir)
@@ -162,17 +162,22 @@ def cmd_runs(args) -> int:
     if comparisons:
         # a comparison's folder is what the studio's Compare methods section lists and deletes;
         # `rm -r` of that folder is the command-line equivalent (its runs stay)
-        print(f"\ncomparisons (in {Path(runs_dir).resolve() / comparisons[0].path.parent.name}):")
-        print(f"{'id':<40} {'status':<11} runs")
-        for cdir in comparisons:
-            try:
-                info = cdir.read()
-            except DamagedFileError as e:
-                print(f"{cdir.comparison_id:<40} {'damaged':<11} {e}")
-                continue
-            methods = ", ".join(f"{m}={rid}" for m, rid in (info.get("runs") or {}).items())
-            print(f"{cdir.comparison_id:<40} {info.get('status', '?'):<11} {methods}")
+        print(f"\ncomparisons (in {comparisons[0].path.parent.resolve()}):")
+        _print_comparisons(comparisons)
     return 0
+
+
+def _print_comparisons(comparisons) -> None:
+    from .rundir import DamagedFileError
+    print(f"{'id':<40} {'status':<11} runs")
+    for cdir in comparisons:
+        try:
+            info = cdir.read()
+        except DamagedFileError as e:
+            print(f"{cdir.comparison_id:<40} {'damaged':<11} {e}")
+            continue
+        runs = ", ".join(f"{m}={rid}" for m, rid in (info.get("runs") or {}).items())
+        print(f"{cdir.comparison_id:<40} {info.get('status', '?'):<11} {runs}")
 
 
 def _print_runs(runs) -> None:

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 from . import stack
 from .config import RunConfig
 from .errors import ConfigError, UserError
-from .rundir import (DamagedFileError, RunDir, Status, _owner_alive, _process_identity, _SAFE_ID,
-                     atomic_write_text, new_run_id, read_json_object, run_by_id, utc_now)
+from .rundir import (DamagedFileError, RunDir, Status, _SAFE_ID, atomic_write_text, new_run_id,
+                     read_json_object, reconcile_dead_owner, run_by_id, utc_now, write_owned_json)
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -137,11 +137,7 @@ class ComparisonDir:
 
     def write(self, **fields: Any) -> dict[str, Any]:
         """Merge `fields` into comparison.json (atomically), claiming it for this process."""
-        current = self.read(reconcile=False) if (self.path / COMPARISON_FILE).exists() else {}
-        current.update({k: v.value if isinstance(v, Status) else v for k, v in fields.items()})
-        current.update(id=self.comparison_id, updated_at=utc_now(), **_process_identity())
-        atomic_write_text(self.path / COMPARISON_FILE, json.dumps(current, indent=2))
-        return current
+        return write_owned_json(self.path / COMPARISON_FILE, fields, id=self.comparison_id)
 
     def read(self, reconcile: bool = True) -> dict[str, Any]:
         """comparison.json. With `reconcile`, one whose process died mid-way reads `interrupted`."""
@@ -150,11 +146,9 @@ class ComparisonDir:
         except FileNotFoundError:
             raise UserError(f"{self.path} is not a comparison (no {COMPARISON_FILE}); "
                             f"pick one from the list of comparisons") from None
-        if reconcile and info.get("status") in (Status.QUEUED.value, Status.RUNNING.value) \
-                and not _owner_alive(info):
-            info.update(status=Status.INTERRUPTED.value, current=None,
-                        error="the process running this comparison ended before it finished")
-            atomic_write_text(self.path / COMPARISON_FILE, json.dumps(info, indent=2))
+        if reconcile:
+            reconcile_dead_owner(self.path / COMPARISON_FILE, info, current=None,
+                                 error="the process running this comparison ended before it finished")
         return info
 
     def runs(self) -> dict[str, str]:

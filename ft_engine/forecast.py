@@ -35,7 +35,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
+from .config import ALL_LINEAR, RunConfig
 from .errors import UserError
 
 MIB = 1024 * 1024
@@ -622,8 +622,9 @@ def cpu_load_peak_bytes(shape: ModelShape, comp: dict[str, int], c: Constants = 
 
 
 def _activation_elements(config: RunConfig, shape: ModelShape,
-                         c: Constants = DEFAULTS) -> tuple[float, float]:
-    """(hidden-sized elements, other elements) saved per layer per token.
+                         c: Constants = DEFAULTS) -> tuple[float, float, float]:
+    """(hidden-sized elements, other elements, the intermediate-sized part of other) saved per
+    layer per token.
 
     A Llama decoder layer keeps for backward (h hidden, q = heads*head_dim, I intermediate):
       base trains (full):  act_h_trainable*h + act_q_attention*q + act_i_trainable*I
@@ -636,7 +637,7 @@ def _activation_elements(config: RunConfig, shape: ModelShape,
     """
     h, q, i = shape.hidden, shape.q_dim, shape.intermediate
     if config.method == "full":
-        return c.act_h_trainable * h, c.act_q_attention * q + c.act_i_trainable * i
+        return c.act_h_trainable * h, c.act_q_attention * q + c.act_i_trainable * i, c.act_i_trainable * i
     hidden = c.act_h_frozen * h
     other = c.act_q_attention * q + c.act_i_frozen * i
     dims = shape.linear_dims()
@@ -648,24 +649,25 @@ def _activation_elements(config: RunConfig, shape: ModelShape,
     other += inputs.get("m", 0) + config.lora_r * len(targets)
     if config.lora_dropout > 0:
         other += c.lora_dropout_copies * sum(dims[t][0] for t in targets)
-    return hidden, other
+    # the intermediate-sized part of `other`: the MLP's own tensors, down_proj's adapter input
+    # and its dropout copy
+    down_in = inputs.get("m", 0)
+    other_i = c.act_i_frozen * i + down_in + (c.lora_dropout_copies * down_in if config.lora_dropout > 0 else 0)
+    return hidden, other, other_i
 
 
 def _heap_layer_bytes(config: RunConfig, shape: ModelShape, tokens: int, seq: int, per_layer: float,
-                      c: Constants = DEFAULTS) -> float:
+                      elements: tuple[float, float, float], c: Constants = DEFAULTS) -> float:
     """The part of one layer's activations (fp32, CPU) held in tensors glibc serves from its heap:
     per_layer minus the intermediate-sized, hidden/attention-sized tensors and the mask when one
-    such tensor is at least `cpu_mmap_threshold_max` (then it is mapped, and unmapped when freed)."""
-    h, q, i = shape.hidden, shape.q_dim, shape.intermediate
-    targets = lora_targets(config, shape) if config.method != "full" else []
-    i_count = c.act_i_frozen + ("down_proj" in targets) * (1 + (c.lora_dropout_copies if config.lora_dropout > 0
-                                                                 else 0))
-    hidden, other = _activation_elements(config, shape, c)
+    such tensor is at least `cpu_mmap_threshold_max` (then it is mapped, and unmapped when freed).
+    `elements`: `_activation_elements`' (hidden, other, intermediate-sized part of other)."""
+    hidden, other, other_i = elements
     out = per_layer
-    if tokens * i * 4 >= c.cpu_mmap_threshold_max:
-        out -= tokens * i_count * i * 4
-    if tokens * max(h, q) * 4 >= c.cpu_mmap_threshold_max:
-        out -= tokens * (hidden + other - i_count * i) * 4
+    if tokens * shape.intermediate * 4 >= c.cpu_mmap_threshold_max:
+        out -= tokens * other_i * 4
+    if tokens * max(shape.hidden, shape.q_dim) * 4 >= c.cpu_mmap_threshold_max:
+        out -= tokens * (hidden + other - other_i) * 4
     if config.batch_size * seq * seq * 4 >= c.cpu_mmap_threshold_max:
         out -= config.batch_size * seq * seq * c.mask_bytes
     return max(out, 0.0)
@@ -693,7 +695,8 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     cpu_backward_layers_frozen.
     """
     c = constants
-    hidden, other = _activation_elements(config, shape, c)
+    elements = _activation_elements(config, shape, c)
+    hidden, other, _ = elements
     half = device == "cuda" and precision in ("bf16", "fp16")
     act = 2 if half else 4
     residual = 4 if (not half or config.method in ("full", "qlora")) else 2
@@ -720,7 +723,7 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
                 c.cpu_ckpt_retained_qlora if heap else 0.0
             saturation = max(0.0, 1 - math.exp(-(shape.layers - c.cpu_ckpt_retained_from)
                                                / c.cpu_ckpt_retained_depth))
-            total += retained * saturation * _heap_layer_bytes(config, shape, tokens, seq, per_layer, c)
+            total += retained * saturation * _heap_layer_bytes(config, shape, tokens, seq, per_layer, elements, c)
     else:
         total = (shape.layers * factor + backward) * per_layer + final
     return int(total)

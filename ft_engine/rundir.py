@@ -121,14 +121,7 @@ class RunDir:
     # --- status ---------------------------------------------------------------------------
     def write_status(self, **fields: Any) -> dict[str, Any]:
         """Merge `fields` into status.json (atomically) and return the new status."""
-        current = self.read_status(reconcile=False) if (self.path / STATUS_FILE).exists() else {}
-        for k, v in fields.items():
-            current[k] = v.value if isinstance(v, Status) else v
-        current["run_id"] = self.run_id
-        current["updated_at"] = utc_now()
-        current.update(_process_identity())
-        atomic_write_text(self.path / STATUS_FILE, json.dumps(current, indent=2))
-        return current
+        return write_owned_json(self.path / STATUS_FILE, fields, run_id=self.run_id)
 
     def read_status(self, reconcile: bool = True) -> dict[str, Any]:
         """status.json as a dict. With `reconcile`, a queued/running run whose owning process
@@ -138,14 +131,11 @@ class RunDir:
         except FileNotFoundError:
             raise UserError(f"{self.path} is not a run directory (no {STATUS_FILE}); "
                             f"list runs with `python -m ft_engine runs`") from None
-        if reconcile and status.get("status") in (Status.QUEUED.value, Status.RUNNING.value) \
-                and not _owner_alive(status):
-            status["status"] = Status.INTERRUPTED.value
-            status.setdefault("ended_at", status.get("updated_at"))
-            status["error"] = ("the process running this job ended before it finished "
-                               "(killed or crashed); resume it from its last checkpoint")
-            # Rewrite without claiming ownership: keep the dead owner's pid on record.
-            atomic_write_text(self.path / STATUS_FILE, json.dumps(status, indent=2))
+        if reconcile:
+            reconcile_dead_owner(self.path / STATUS_FILE, status,
+                                 ended_at=status["ended_at"] if "ended_at" in status else status.get("updated_at"),
+                                 error="the process running this job ended before it finished "
+                                       "(killed or crashed); resume it from its last checkpoint")
         return status
 
     # --- metrics --------------------------------------------------------------------------
@@ -235,6 +225,27 @@ def read_json_object(path: Path) -> dict[str, Any]:
                            f"restore the file from a backup, or delete {path.parent.name}")
 
 
+def write_owned_json(path: Path, fields: dict[str, Any], **ids: Any) -> dict[str, Any]:
+    """Merge `fields` (a Status as its value) and `ids` into the JSON object at `path`, stamp
+    the time and this process as its owner, write it atomically and return it. Used for
+    status.json and comparison.json: a reader tells a live owner from a dead one by the stamp."""
+    current = read_json_object(path) if path.exists() else {}
+    current.update({k: v.value if isinstance(v, Status) else v for k, v in fields.items()})
+    current.update(ids, updated_at=utc_now(), **_process_identity())
+    atomic_write_text(path, json.dumps(current, indent=2))
+    return current
+
+
+def reconcile_dead_owner(path: Path, info: dict[str, Any], **interrupted: Any) -> dict[str, Any]:
+    """`info` (read from `path`) when queued or running but its owning process is gone: marked
+    `interrupted` with the `interrupted` fields, and rewritten without claiming ownership, so
+    the dead owner's pid stays on record."""
+    if info.get("status") in (Status.QUEUED.value, Status.RUNNING.value) and not _owner_alive(info):
+        info.update(status=Status.INTERRUPTED.value, **interrupted)
+        atomic_write_text(path, json.dumps(info, indent=2))
+    return info
+
+
 def list_runs(runs_dir: str | os.PathLike) -> list[RunDir]:
     """Every run directory under runs_dir, oldest first."""
     root = Path(runs_dir)
@@ -251,9 +262,7 @@ def summarize(run: RunDir) -> dict[str, Any]:
     try:
         s = run.read_status()
     except DamagedFileError as e:
-        return {"run_id": run.run_id, "name": run.run_id, "method": None, "model": None, "status": "damaged",
-                "step": 0, "total_steps": None, "train_loss": None, "eval_loss": None, "peak_mib": None,
-                "elapsed_s": None, "tokens_per_second": None, "created_at": None, "error": str(e)}
+        s = {"status": "damaged", "error": str(e)}
     metrics = run.read_metrics()
     train = [r for r in metrics if "loss" in r]
     evals = [r for r in metrics if "eval_loss" in r]

@@ -72,13 +72,3 @@ def running_app(runs_dir: Path, log_file: Path, timeout: float = 90.0, while_boo
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=15)
-
-
-def show_log_on_failure(request, app, capsys):
-    """Body of an autouse fixture (`yield from` it): print the end of the server's log when a
-    test fails or the server died. `app` has `.log` (its log file) and `.proc`."""
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed_before or app.proc.poll() is not None:
-        with capsys.disabled():
-            print(f"\n----- server log ({app.log}) -----\n{log_tail(app.log)}\n----- end of server log -----")

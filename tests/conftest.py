@@ -74,3 +74,24 @@ def data_files(tmp_path) -> dict[str, Path]:
     (tmp_path / "docs.txt").write_text("\n\n".join(f"{q} {a}" for q, a in QA) + "\n")
     files["text"] = tmp_path / "docs.txt"
     return files
+
+
+# --- for modules that start the app (their `app` fixture: .url, .log, .proc) -------------------
+
+@pytest.fixture(scope="module")
+def client(app):
+    """A gradio_client on the module's running app."""
+    from gradio_client import Client
+    return Client(app.url, verbose=False)
+
+
+@pytest.fixture
+def server_log_on_failure(request, app, capsys):
+    """Print the end of the server's log when a test fails or the server died (use it with
+    `pytestmark = pytest.mark.usefixtures("server_log_on_failure")`)."""
+    from app_server import log_tail
+    failed_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed_before or app.proc.poll() is not None:
+        with capsys.disabled():
+            print(f"\n----- server log ({app.log}) -----\n{log_tail(app.log)}\n----- end of server log -----")

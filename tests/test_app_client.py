@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from app_server import REPO, running_app, show_log_on_failure  # noqa: E402
+from app_server import REPO, running_app  # noqa: E402
 
 POLL_TIMEOUT = 120.0
 SAMPLE = REPO / "assets" / "tiny_facts.jsonl"
@@ -25,6 +25,9 @@ BAD_ROLE = REPO / "tests" / "bad_data" / "unknown_role.jsonl"
 
 # --- fixtures --------------------------------------------------------------------------------
 
+pytestmark = pytest.mark.usefixtures("server_log_on_failure")
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, request):
     d = tmp_path_factory.mktemp("app")
@@ -32,17 +35,6 @@ def app(tmp_path_factory, request):
     with running_app(d / "runs", d / "server.log", timeout=90,
                      while_booting=lambda: request.getfixturevalue("tiny_model")) as (url, proc, log):
         yield SimpleNamespace(url=url, proc=proc, log=log, runs_dir=d / "runs")
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return Client(app.url, verbose=False)
-
-
-@pytest.fixture(autouse=True)
-def _server_log_on_failure(request, app, capsys):
-    """Print the end of the server's log when a test of this module fails."""
-    yield from show_log_on_failure(request, app, capsys)
 
 
 def validate(client, file: Path | None, model: str, max_len: int = 256, fmt: str = "auto"):

@@ -21,10 +21,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from app_server import REPO, running_app, show_log_on_failure
+from app_server import REPO, running_app
 from ft_engine.config import RunConfig
 from ft_engine.data import load_examples
 from ft_engine.errors import DataError, UserError
@@ -62,6 +62,9 @@ def runs_fingerprint(runs_dir: Path) -> dict[str, str]:
             and ".uploads" not in p.relative_to(runs_dir).parts}
 
 
+pytestmark = pytest.mark.usefixtures("server_log_on_failure")
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, request):
     d = tmp_path_factory.mktemp("bad-input-app")
@@ -79,17 +82,6 @@ def app(tmp_path_factory, request):
                      extra_env={"FT_MAX_UPLOAD_MB": UPLOAD_LIMIT_MB}) as (url, proc, log):
         yield SimpleNamespace(url=url, proc=proc, log=log, runs_dir=runs, outside=outside,
                               before=before)
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return Client(app.url, verbose=False)
-
-
-@pytest.fixture(autouse=True)
-def _server_log_on_failure(request, app, capsys):
-    """Print the end of the server's log when a test of this module fails."""
-    yield from show_log_on_failure(request, app, capsys)
 
 
 def uploads(app) -> set[str]:
