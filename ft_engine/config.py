@@ -76,7 +76,9 @@ class RunConfig:
     max_steps: int = 0
     """Optimizer steps to run; 0 means 'use epochs'."""
     batch_size: int = 4
-    """Rows per forward pass (per device)."""
+    """Rows per forward pass (per device). They are packed end to end without padding (in
+    lanes no longer than the batch's longest row), so a batch costs its real tokens, not
+    rows × longest row; epochs and steps count rows as always."""
     grad_accum: int = 1
     """Forward passes per optimizer step; effective batch = batch_size * grad_accum."""
     max_seq_len: int = 512
@@ -127,12 +129,13 @@ class RunConfig:
     double_quant: bool = True
     """Quantize the quantization constants too (saves ~0.4 bit per weight)."""
     compute_dtype: ComputeDtype = "auto"
-    """dtype the 4-bit weights are dequantized to for matmuls; `auto`: bf16 on a GPU that
-    supports it, float32 on CPU."""
+    """dtype the 4-bit weights are dequantized to for matmuls; `auto`: the precision's dtype
+    (bf16 / fp16, float32 when precision is fp32)."""
 
     # --- numerics ------------------------------------------------------------------------
     precision: Precision = "auto"
-    """`auto`: bf16 mixed precision on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    """`auto`: bf16 mixed precision on GPUs that support it, fp16 on older GPUs; on a CPU bf16
+    where it has bf16 instructions (AVX512-BF16 or AMX), else fp32."""
 
     # ------------------------------------------------------------------------------------
     def validate(self, *, check_paths: bool = True) -> "RunConfig":

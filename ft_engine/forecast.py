@@ -97,9 +97,10 @@ class Constants:
     """the same with a frozen base and LoRA adapters, on a GPU: 3.5, measured on CPU on 2-4-layer
     models before the CPU allocator's share was told apart (CPU now uses
     `cpu_backward_layers_frozen` and `cpu_layer_factor_*`); to recheck on a GPU."""
-    logits_copies: float = 3.0
-    """fp32 batch*seq*vocab tensors alive around the loss: logits upcast to fp32, log-softmax
-    saved for backward, and its gradient."""
+    chunk_logits_copies: float = 1.5
+    """chunks of fp32 logits alive in the chunked loss (loss.py): the logits, turned into
+    their gradient in place, and that gradient's compute-dtype copy (half a chunk in bf16; a
+    whole one would be fp32, where it is the same tensor)."""
 
     # --- CPU, frozen base: what glibc's allocator keeps -----------------------------------------
     cpu_layer_factor_lora: float = 1.42
@@ -392,11 +393,13 @@ def _default_device() -> str:
 
 def resolve_precision(config: RunConfig, device: str) -> str:
     """Like models.resolve_precision, for a device that need not be this machine's: `auto` →
-    bf16 on CUDA (fp16 if this machine's GPU lacks bf16), fp32 on CPU."""
+    bf16 on CUDA (fp16 if this machine's GPU lacks bf16); on CPU bf16 where this CPU has bf16
+    instructions, else fp32."""
     if config.precision != "auto":
         return config.precision
     if device == "cpu":
-        return "fp32"
+        from .hardware import cpu_has_native_bf16
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     import torch
     if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         return "fp16"
@@ -437,20 +440,24 @@ def quant_constant_bytes(numel: int, double_quant: bool, c: Constants = DEFAULTS
 
 
 def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | None = None,
-             constants: Constants = DEFAULTS, *, seq_len: int | None = None) -> Forecast:
+             constants: Constants = DEFAULTS, *, seq_len: int | None = None,
+             tokens_per_batch: int | None = None) -> Forecast:
     """Forecast the peak memory of training `config` on `device` (default: this machine's).
 
-    `seq_len`: the length batches are padded to. Batches are padded to their own longest row,
-    so for a known dataset this is min(max_seq_len, its longest row); default max_seq_len
-    (the worst case, for a dataset not yet seen).
+    `seq_len`: the longest row (min(max_seq_len, the data's longest row); default max_seq_len,
+    the worst case for a dataset not yet seen). Batches are padding-free (packing.py): a batch
+    costs its real tokens, in lanes no longer than its longest row.
+    `tokens_per_batch`: the most real tokens one batch can hold (the sum of the batch_size
+    longest rows, when the data is known); default batch_size * seq_len.
 
     Weights (how build_model stores them):
       full   every parameter fp32 (master weights, also under bf16/fp16 mixed precision): 4 B.
-      lora   frozen base fp32 on CPU, bf16/fp16 on a GPU with half precision; adapters fp32
-             (peft autocasts half-precision adapters to fp32): r*(in+out) params per target.
+      lora   frozen base in the precision's dtype (bf16/fp16 with half precision, on a GPU or
+             a CPU with bf16 instructions; else fp32); adapters fp32: r*(in+out) params per
+             target.
       qlora  decoder linears 4-bit: 0.5 B/param + quantization constants; the rest (embedding,
-             norms, untied lm_head, biases) is cast to fp32 by prepare_model_for_kbit_training
-             whatever the compute dtype; adapters fp32.
+             norms, untied lm_head, biases) in the compute dtype (models._freeze_quantized);
+             adapters fp32.
     Gradients: one fp32 value per trainable parameter: 4 B.
     Optimizer state (per trainable parameter): adamw_torch 8 B (exp_avg, exp_avg_sq, fp32);
       adamw_8bit 2 B + absmaxes (2*4/256 B), but fp32 (8 B) for tensors under 4096 values and for
@@ -460,7 +467,9 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
       scratch of the largest tensor.
     Autocast copies: with bf16/fp16 autocast on CUDA the half-precision casts of fp32 trainable
       linear weights are cached for the step: 2 B per such param (full: all linears and lm_head).
-    Activations: see `activation_bytes`. Logits/loss: batch*seq*vocab*4 B*logits_copies.
+    Activations: see `activation_bytes`. Logits/loss: the chunked loss (loss.py) holds one
+      chunk of fp32 logits (and its compute-dtype copy) and the gathered hidden states of the
+      trained tokens with their gradient: chunk_logits_copies * chunk + 2 * tokens * hidden.
     Overhead: CPU process baseline, and what the load peak (`cpu_load_peak_bytes`) exceeds the
       training peak by, if it does (details["peak_while"] says which phase peaks); on CUDA the
       cuBLAS workspace (+ for QLoRA one dequantized linear weight in compute dtype).
@@ -474,7 +483,7 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     if device not in ("cpu", "cuda"):
         raise UserError(f"device must be cpu or cuda, got {device!r}")
     precision = resolve_precision(config, device)
-    half = precision in ("bf16", "fp16") and device == "cuda"
+    half = precision in ("bf16", "fp16")  # autocast, on a GPU or on a CPU with bf16 instructions
     compute = (_DTYPE_BYTES[config.compute_dtype] if config.compute_dtype != "auto"
                else (2 if precision in ("bf16", "fp16") else 4))
 
@@ -518,17 +527,17 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
             biases = shape.layers * sum(shape.linear_bias(n) for n in LINEARS)
             q_weights = shape.layers * sum(per_layer)
             comp["weights_frozen"] = shape.layers * sum(quantized_bytes(n) for n in per_layer) \
-                + 4 * (non_linear + biases)
+                + compute * (non_linear + biases)
             add(f"{config.quant_type} (4-bit)", shape.layers * sum(quantized_bytes(n) for n in per_layer))
-            add("fp32 (embedding, norms, head)", 4 * (non_linear + biases))
-            if device == "cpu" and shape.checkpoint_dtype == "float32":
+            add(f"{'fp32' if compute == 4 else 'half'} (embedding, norms, head)", compute * (non_linear + biases))
+            if device == "cpu" and shape.checkpoint_dtype == "float32" and compute == 4:
                 # The fp32 embedding, norms and head are views of the memory-mapped file, which
                 # keeps the mapping alive, and quantizing read every page of it: the whole file
                 # stays resident (measured on SmolLM2-135M, fp32 on disk: file-backed RSS = the
                 # file's 513 MiB all through training). Those tensors are part of that file.
                 comp["weights_frozen"] += shape.checkpoint_bytes - 4 * (non_linear + biases)
                 add("checkpoint file (memory-mapped)", shape.checkpoint_bytes - 4 * (non_linear + biases))
-            elif device == "cpu":
+            elif device == "cpu" and compute == 4:
                 # With a half-precision file, a copy of the embedding, norms and head in the file's
                 # dtype stays besides their fp32 cast (measured on the Llama-3.2-1B-shaped model, bf16
                 # on disk: 516 MiB more than the fp32 weights and 4-bit linears after loading, all
@@ -562,9 +571,11 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
         raise UserError(f"optimizer must be adamw_torch, adamw_8bit or sgd, got {config.optimizer!r}")
 
     seq = min(seq_len, config.max_seq_len) if seq_len else config.max_seq_len
-    tokens = config.batch_size * seq
+    tokens = min(tokens_per_batch, config.batch_size * seq) if tokens_per_batch else config.batch_size * seq
     comp["activations"] = activation_bytes(config, shape, tokens, device, precision, c, seq=seq)
-    comp["logits_loss"] = int(tokens * shape.vocab * 4 * c.logits_copies)
+    from .loss import chunk_rows  # here, not at the top: loss.py imports torch
+    chunk = min(tokens, chunk_rows(shape.vocab)) * shape.vocab * 4
+    comp["logits_loss"] = int(c.chunk_logits_copies * chunk + 2 * tokens * shape.hidden * (2 if half else 4))
     if device == "cpu":
         comp["runtime_overhead"] += c.cpu_process_baseline
     else:
@@ -668,17 +679,19 @@ def _heap_layer_bytes(config: RunConfig, shape: ModelShape, tokens: int, seq: in
         out -= tokens * other_i * 4
     if tokens * max(shape.hidden, shape.q_dim) * 4 >= c.cpu_mmap_threshold_max:
         out -= tokens * (hidden + other - other_i) * 4
-    if config.batch_size * seq * seq * 4 >= c.cpu_mmap_threshold_max:
-        out -= config.batch_size * seq * seq * c.mask_bytes
+    if tokens * seq * 4 >= c.cpu_mmap_threshold_max:
+        out -= tokens * seq * c.mask_bytes
     return max(out, 0.0)
 
 
 def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: str, precision: str,
                      constants: Constants = DEFAULTS, seq: int | None = None) -> int:
-    """Activations alive at the peak for one micro-batch (tokens = batch_size * max_seq_len).
+    """Activations alive at the peak for one micro-batch of `tokens` real tokens (padding-free
+    lanes no longer than `seq`).
 
     per layer = tokens * (hidden elements * residual bytes + other elements * act bytes)
-                + batch * seq^2 * mask_bytes (the attention mask SDPA keeps, per layer)
+                + tokens * seq * mask_bytes (the lanes' attention mask SDPA keeps, per layer:
+                lanes * seq^2 with lanes ≈ tokens / seq)
     without checkpointing:  (layers * factor + backward) * per layer + final norm
     with checkpointing:     layers * tokens * h * residual bytes (each layer's input, kept by
                             the checkpoint) + (factor + backward) * per layer (one layer
@@ -689,21 +702,21 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     (on CPU with a frozen base, `layers` counts cpu_layer_factor_lora/qlora times: what the
     allocator keeps; QLoRA's factor applies while its largest dequantized weight is under
     cpu_mmap_threshold_max; see Constants)
-    act bytes: 4 in fp32; 2 with bf16/fp16 autocast on CUDA. residual bytes: the residual
-    stream's dtype, fp32 for full (fp32 master weights) and QLoRA (fp32 embedding and norms),
-    the base dtype for LoRA. backward: backward_layers (full), backward_layers_frozen (GPU) or
+    act bytes: 4 in fp32; 2 with bf16/fp16 autocast (GPU, or CPU with bf16 instructions).
+    residual bytes: the residual stream's dtype, fp32 for full (fp32 master weights), the base's
+    (compute) dtype for LoRA and QLoRA. backward: backward_layers (full), backward_layers_frozen (GPU) or
     cpu_backward_layers_frozen.
     """
     c = constants
     elements = _activation_elements(config, shape, c)
     hidden, other, _ = elements
-    half = device == "cuda" and precision in ("bf16", "fp16")
+    half = precision in ("bf16", "fp16")
     act = 2 if half else 4
-    residual = 4 if (not half or config.method in ("full", "qlora")) else 2
+    residual = 4 if (not half or config.method == "full") else 2
     mask = c.mask_bytes / (2 if half else 1)
     h = shape.hidden
     seq = seq or config.max_seq_len
-    per_layer = tokens * (hidden * residual + other * act) + config.batch_size * seq * seq * mask
+    per_layer = tokens * (hidden * residual + other * act) + tokens * seq * mask
     final = tokens * h * residual * (c.act_final_h_trainable if config.method == "full"
                                      else c.act_final_h_frozen)
     factor, heap = 1.0, False

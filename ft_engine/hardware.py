@@ -3,8 +3,10 @@ system RAM and this process's memory when there is no NVIDIA GPU ("CPU mode").""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -21,6 +23,20 @@ class GpuReading:
     used_mib: float
     total_mib: float
     utilization_percent: float
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matmul instructions (AVX512-BF16 or AMX-BF16). Where it has
+    them, bf16 matmuls run ~2.2× faster than fp32 (this machine, 2 cores AVX512-BF16:
+    ~400 vs ~180 GFLOP/s); where it has not, torch emulates bf16 and it is slower than fp32.
+    Read from /proc/cpuinfo (Linux); elsewhere we do not know, and say no."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def gpu_readings() -> list[GpuReading]:

@@ -25,14 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 
 from . import memory
 from .config import RunConfig
 from .data import load_examples
 from .errors import UserError, hide_tokens
 from .models import build_model, check_max_seq_len, load_tokenizer, resolve_precision
-from .render import EncodedData, PadToLongest, encode_all
+from .lean_trainer import LeanTrainer
+from .packing import PackedBatch
+from .render import EncodedData, encode_all
 from .rundir import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, MODEL_DIR, RunDir,
                      Status, atomic_write_text, new_run_id, open_run, utc_now)
 
@@ -221,7 +223,7 @@ class TrainingJob:
             f.write(json.dumps({"time": utc_now(), "step": step, "event": kind, "message": message}) + "\n")
 
     # --- pieces ------------------------------------------------------------------------------
-    def _trainer(self, model) -> Trainer:
+    def _trainer(self, model) -> LeanTrainer:
         from datasets import Dataset
 
         cfg, run = self.config, self.run_dir
@@ -260,11 +262,17 @@ class TrainingJob:
             disable_tqdm=True,
             dataloader_num_workers=0,
             remove_unused_columns=False,
-            include_num_input_tokens_seen="non_padding",
+            include_num_input_tokens_seen="no",  # LeanTrainer counts real (non-padding) tokens itself
+            label_names=["labels"],
+            prediction_loss_only=True,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=PadToLongest(self.tokenizer.pad_token_id),
-                          processing_class=self.tokenizer, callbacks=[_RunCallback(self)])
+        # Padding-free: one lane per batch with flash-attention's variable-length kernel, else
+        # lanes no longer than the batch's longest row (packing.py says why).
+        collator = PackedBatch(self.tokenizer.pad_token_id,
+                               single_lane=model.config._attn_implementation == "flash_attention_2")
+        trainer = LeanTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                              data_collator=collator, processing_class=self.tokenizer,
+                              callbacks=[_RunCallback(self)])
         trainer.remove_callback(PrinterCallback)  # our callback logs; don't print dicts to stdout
         return trainer
 
@@ -290,15 +298,19 @@ class TrainingJob:
         A model the forecast does not know (not a Llama-style decoder) trains anyway: the
         reason is recorded instead of a number."""
         from .forecast import forecast, model_shape
-        longest = max((len(r.input_ids) for r in self.encoded.rows), default=self.config.max_seq_len)
+        lengths = sorted((len(r.input_ids) for r in self.encoded.rows), reverse=True)
+        longest = lengths[0] if lengths else self.config.max_seq_len
+        heaviest = sum(lengths[:self.config.batch_size]) or None  # no batch can hold more tokens
         try:
-            fc = forecast(self.config, model_shape(self.config.model), seq_len=longest)
+            fc = forecast(self.config, model_shape(self.config.model), seq_len=longest,
+                          tokens_per_batch=heaviest)
         except UserError as e:
             log.info("no memory forecast for run %s: %s", self.run_dir.run_id, e)
             return {"forecast_mib": None, "forecast_error": str(e)}
         self.forecast_mib = round(fc.total_mib, 1)
         return {"forecast_mib": self.forecast_mib, "forecast_needed_mib": round(fc.needed_mib, 1),
                 "forecast_device": fc.device, "forecast_seq_len": longest,
+                "forecast_tokens_per_batch": fc.details["tokens_per_batch"],
                 "forecast_components_mib": fc.mib(), "forecast_error": None}
 
     def _final_stats(self) -> dict[str, Any]:

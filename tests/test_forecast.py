@@ -103,8 +103,10 @@ def test_lora_bytes():
     shape = model_shape(tiny_config())
     cfg = RunConfig(method="lora", lora_r=4, lora_target_modules=["all-linear"])
     assert LORA_P == 8192 and fcm.lora_params(cfg, shape) == LORA_P
-    f = forecast(cfg, shape, "cpu")
-    assert f.components["weights_frozen"] == 4 * P  # fp32 base on CPU
+    f = forecast(cfg.replace(precision="fp32"), shape, "cpu")
+    assert f.components["weights_frozen"] == 4 * P  # fp32 base on a CPU without bf16
+    # bf16 base on a CPU with bf16 instructions, as on a GPU
+    assert forecast(cfg.replace(precision="bf16"), shape, "cpu").components["weights_frozen"] == 2 * P
     assert f.components["weights_trainable"] == 4 * LORA_P
     assert f.components["gradients"] == 4 * LORA_P
     assert f.components["optimizer_state"] == 8 * LORA_P
@@ -128,12 +130,14 @@ def test_lora_real_count_matches_peft():
 def test_qlora_bytes():
     shape = model_shape(tiny_config())
     linear = 2 * 36_864                          # q,k,v,o,gate,up,down weights, 2 layers
-    rest = P - linear                            # embedding, norms, lm_head: fp32
+    rest = P - linear                            # embedding, norms, lm_head: in the compute dtype
     for dq, constants in ((False, 2 * 4 * (64 + 32 + 32 + 64 + 3 * 128)),   # fp32 absmax per 64
                           (True, 2 * (72 + 40 + 40 + 72 + 3 * 136))):       # 8-bit absmax + fp32/256 + offset
         cfg = RunConfig(method="qlora", lora_r=4, double_quant=dq)
         f = forecast(cfg, shape, "cuda")
-        assert f.components["weights_frozen"] == linear // 2 + 4 * rest
+        assert f.components["weights_frozen"] == linear // 2 + 2 * rest  # bf16, not peft's fp32 cast
+        fp32 = forecast(cfg.replace(precision="fp32"), shape, "cuda")
+        assert fp32.components["weights_frozen"] == linear // 2 + 4 * rest
         assert f.components["quant_constants"] == constants
         assert f.components["weights_trainable"] == 4 * LORA_P
     assert fcm.quant_constant_bytes(64 * 256 * 3, True) == 768 + 4 * 3 + 4
@@ -158,7 +162,7 @@ def test_cpu_peak_while_loading_a_half_precision_file():
     shape = model_shape(cfg)
     params = 32000 * 512 + 2 * (4 * 512 * 512 + 3 * 512 * 1024 + 2 * 512) + 512
     assert shape.total == params
-    lora = RunConfig(method="lora", lora_r=4, batch_size=1, max_seq_len=16)
+    lora = RunConfig(method="lora", lora_r=4, batch_size=1, max_seq_len=16, precision="fp32")
     adapters = 2 * 4 * (4 * (512 + 512) + 2 * (512 + 1024) + (1024 + 512))  # r*(in+out), 7 linears, 2 layers
     assert fcm.lora_params(lora, shape) == adapters
     f = forecast(lora, shape, "cpu")
@@ -175,18 +179,21 @@ def test_cpu_peak_while_loading_a_half_precision_file():
 
 def test_cpu_qlora_keeps_an_fp32_file_mapped():
     shape = model_shape(tiny_config())
-    cfg = RunConfig(method="qlora", lora_r=4)
+    cfg = RunConfig(method="qlora", lora_r=4, precision="fp32")
     linear = 2 * 36_864
     cpu = forecast(cfg, shape, "cpu").components["weights_frozen"]
     assert cpu == linear // 2 + 4 * P           # 4-bit linears + the whole fp32 file
     assert forecast(cfg, shape, "cuda").components["weights_frozen"] == linear // 2 + 4 * (P - linear)
+    # with a bf16 compute dtype the rest is cast to bf16 copies: the file is not kept
+    bf16 = forecast(cfg.replace(precision="bf16"), shape, "cpu").components["weights_frozen"]
+    assert bf16 == linear // 2 + 2 * (P - linear)
 
 
 def test_cpu_frozen_base_activations_formula():
     """CPU, LoRA: (layers * cpu_layer_factor_lora + cpu_backward_layers_frozen) * per layer + final."""
     c = fcm.DEFAULTS
     shape = model_shape(tiny_config())
-    cfg = RunConfig(method="lora", lora_r=4, lora_dropout=0.0, batch_size=2, max_seq_len=32)
+    cfg = RunConfig(method="lora", lora_r=4, lora_dropout=0.0, batch_size=2, max_seq_len=32, precision="fp32")
     tokens = 64
     # per token per layer, 4-byte elements: 1.5h + n1 + n2 (h each) + 4q + 3I + m (I) + 7r
     per_token = 1.5 * 64 + 64 + 64 + 4 * 64 + 3 * 128 + 128 + 7 * 4
@@ -216,7 +223,14 @@ def test_activation_checkpointing_and_batch_lower_activations():
         assert forecast(cfg.replace(activation_checkpointing=True), shape, "cpu").components["activations"] < base
         half = forecast(cfg.replace(batch_size=4), shape, "cpu").components["activations"]
         assert half < base
-        assert forecast(cfg, shape, "cpu").components["logits_loss"] == 8 * 512 * 400 * 4 * 3
+        # the chunked loss: one chunk of fp32 logits (all 4,096 tokens fit one chunk of a
+        # 400-word vocabulary) 1.5 times, and the trained tokens' hidden states and gradient
+        act_bytes = 2 if fcm.resolve_precision(cfg, "cpu") == "bf16" else 4
+        assert forecast(cfg, shape, "cpu").components["logits_loss"] == \
+            int(1.5 * 8 * 512 * 400 * 4 + 2 * 8 * 512 * 64 * act_bytes)
+        # a known dataset whose 8 longest rows hold 1,000 tokens: activations follow them
+        few = forecast(cfg, shape, "cpu", seq_len=512, tokens_per_batch=1000).components["activations"]
+        assert few < base / 3
 
 
 # --- forecast vs a measured run -----------------------------------------------------------

@@ -317,7 +317,10 @@ def _fail_mid_training(monkeypatch, error, at_step: int = 3) -> list[weakref.ref
                 calls["n"] += 1
                 if calls["n"] >= at_step:
                     raise error()
-            model.register_forward_pre_hook(boom, with_kwargs=True)
+            # on the decoder: the engine's loss (lean_trainer.py) runs it and the output head
+            # itself, not the model's own forward
+            from ft_engine.lean_trainer import causal_lm
+            causal_lm(model).get_decoder().register_forward_pre_hook(boom, with_kwargs=True)
         return model, info
 
     monkeypatch.setattr(training, "build_model", build)

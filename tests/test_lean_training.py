@@ -1,0 +1,195 @@
+"""Padding-free batches and the chunked loss change how fast and how lean a step is, never
+what it computes: a packed batch's loss and gradients equal the token-weighted loss of its
+rows run one by one; the chunked loss equals the plain one."""
+
+import pytest
+import torch
+from torch import nn
+
+from ft_engine.config import RunConfig
+from ft_engine.data import load_examples
+from ft_engine.lean_trainer import LeanTrainer, causal_lm, plain_head
+from ft_engine.loss import chunk_rows, linear_cross_entropy_sum
+from ft_engine.models import build_model, load_tokenizer
+from ft_engine.packing import PackedBatch, pack_lanes
+from ft_engine.render import IGNORE_INDEX, encode_all
+
+
+# --- bin packing ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lengths", [[500, 120, 100, 80, 60, 40, 30, 20], [7], [5, 5, 5, 5],
+                                     [300, 299, 2, 1, 150, 150], list(range(1, 40))])
+def test_lanes_hold_every_row_once_and_never_overflow(lengths):
+    cap = max(lengths)
+    lanes = pack_lanes(lengths, cap)
+    assert sorted(i for lane in lanes for i in lane) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in lane) <= cap for lane in lanes)
+    # best-fit decreasing never needs more than 11/9 OPT + 1 lanes; OPT >= total / cap
+    assert len(lanes) <= 11 / 9 * -(-sum(lengths) // cap) + 1
+
+
+def test_the_issue_example_packs_into_two_lanes():
+    assert len(pack_lanes([500, 120, 100, 80, 60, 40, 30, 20], 500)) == 2
+
+
+def test_a_row_over_capacity_is_refused():
+    with pytest.raises(ValueError, match="longer than the lane capacity"):
+        pack_lanes([10, 20], 15)
+
+
+def test_collator_restarts_positions_and_masks_row_starts():
+    rows = [{"input_ids": [1, 2, 3, 4], "labels": [-100, 2, 3, 4]},
+            {"input_ids": [5, 6], "labels": [5, 6]},
+            {"input_ids": [7, 8], "labels": [-100, 8]}]
+    b = PackedBatch(pad_token_id=0)(rows)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
+    # the first token of every row is never a target of the row before it
+    assert b["labels"].tolist() == [[-100, 2, 3, 4], [-100, 6, -100, 8]]
+    assert b["shift_labels"].tolist() == [[2, 3, 4, -100], [6, -100, 8, -100]]
+    assert int(b["real_tokens"]) == 8
+
+
+def test_collator_padding_tail_is_a_row_of_its_own():
+    rows = [{"input_ids": [1, 2, 3, 4, 5], "labels": [1, 2, 3, 4, 5]},
+            {"input_ids": [6, 7], "labels": [6, 7]}]
+    b = PackedBatch(pad_token_id=9)(rows)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5], [6, 7, 9, 9, 9]]
+    assert b["position_ids"].tolist()[1] == [0, 1, 0, 1, 2]
+    assert b["shift_labels"].tolist()[1] == [7, -100, -100, -100, -100]
+    one = PackedBatch(pad_token_id=9, single_lane=True)(rows)
+    assert one["input_ids"].shape == (1, 7)
+
+
+# --- packed batch == rows one by one ----------------------------------------------------------
+
+def _rows(tiny_model, data_file):
+    """Rows of different lengths (some are two or three conversations end to end) so that
+    some share a lane and one lane ends in padding."""
+    tok = load_tokenizer(tiny_model)
+    r = [{"input_ids": e.input_ids, "labels": e.labels} for e in encode_all(load_examples(data_file), tok, 128).rows]
+
+    def join(*parts):
+        return {k: [x for p in parts for x in p[k]] for k in ("input_ids", "labels")}
+    return tok, [join(r[0], r[1], r[2]), r[3], join(r[1], r[2]), r[0], r[2]]
+
+
+def _sum_and_count(model, ids, labels):
+    out = model(input_ids=torch.tensor([ids]), use_cache=False)
+    logits = out.logits[0, :-1].float()
+    target = torch.tensor(labels[1:])
+    return (nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum"),
+            int((target != IGNORE_INDEX).sum()))
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_packed_loss_and_gradients_equal_rows_one_by_one(tiny_model, data_files, tmp_path, method):
+    cfg = RunConfig(model=tiny_model, method=method, data=str(data_files["chat"]), runs_dir=str(tmp_path),
+                    lora_dropout=0.0, precision="fp32")
+    model, _ = build_model(cfg)
+    model.train()
+    tok, rows = _rows(tiny_model, data_files["chat"])
+    lengths = [len(r["input_ids"]) for r in rows]
+    assert len(set(lengths)) > 1, "rows of different lengths make the test meaningful"
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    # reference: each row alone, no padding anywhere; token-weighted mean over the batch
+    total, count = 0.0, 0
+    for r in rows:
+        s, n = _sum_and_count(model, r["input_ids"], r["labels"])
+        total, count = total + s, count + n
+    ref_loss = total / count
+    ref_grads = torch.autograd.grad(ref_loss, params)
+
+    batch = PackedBatch(tok.pad_token_id)(rows)
+    assert batch["input_ids"].shape[0] < len(rows), "some rows must share a lane"
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                              use_cache=False).last_hidden_state
+    s, n = linear_cross_entropy_sum(hidden, lm.get_output_embeddings().weight, batch["shift_labels"])
+    assert n == count
+    packed_loss = s / n
+    grads = torch.autograd.grad(packed_loss, params)
+    assert abs(float(packed_loss) - float(ref_loss)) < 1e-4
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-4, rtol=1e-3), float((g - r).abs().max())
+
+
+def test_with_the_cache_on_attention_would_cross_rows(tiny_model, data_files, tmp_path):
+    """Why the engine runs with use_cache=False: with a cache, transformers ignores the
+    packed position_ids and lets rows attend to the rows before them in the lane."""
+    cfg = RunConfig(model=tiny_model, method="full", data=str(data_files["chat"]), runs_dir=str(tmp_path),
+                    precision="fp32")
+    model, _ = build_model(cfg)
+    tok, rows = _rows(tiny_model, data_files["chat"])
+    rows = rows[3:5]
+    batch = PackedBatch(tok.pad_token_id, single_lane=True)(rows)
+    dec = causal_lm(model).get_decoder()
+    with torch.no_grad():
+        off = dec(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        on = dec(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True)
+    first = len(rows[0]["input_ids"]) if batch["position_ids"][0, 0] == 0 and \
+        batch["input_ids"][0, 0] == rows[0]["input_ids"][0] else len(rows[1]["input_ids"])
+    # the first row is identical either way; the second differs only when the cache is on
+    assert torch.allclose(off.last_hidden_state[0, :first], on.last_hidden_state[0, :first], atol=1e-5)
+    assert not torch.allclose(off.last_hidden_state[0, first:], on.last_hidden_state[0, first:], atol=1e-3)
+
+
+# --- chunked loss == plain loss -----------------------------------------------------------------
+
+@pytest.mark.parametrize("head_trains", [False, True])
+def test_chunked_loss_and_gradients_equal_the_plain_loss(head_trains, monkeypatch):
+    monkeypatch.setattr("ft_engine.loss.CHUNK_LOGITS_BYTES", 4 * 1000 * 7)  # 7 rows a chunk: many chunks
+    assert chunk_rows(1000) == 16  # floor of 16 rows
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 37, 24, dtype=torch.float64).float().requires_grad_(True)
+    weight = (0.3 * torch.randn(1000, 24)).requires_grad_(head_trains)
+    targets = torch.randint(0, 1000, (3, 37))
+    targets[0, :5] = IGNORE_INDEX
+    targets[2, -9:] = IGNORE_INDEX
+
+    s, n = linear_cross_entropy_sum(hidden, weight, targets)
+    loss = s / n
+    wanted = [hidden] + ([weight] if head_trains else [])
+    grads = torch.autograd.grad(loss, wanted)
+
+    plain = nn.functional.cross_entropy((hidden @ weight.T).reshape(-1, 1000), targets.reshape(-1),
+                                        ignore_index=IGNORE_INDEX)
+    plain_grads = torch.autograd.grad(plain, wanted)
+    assert n == int((targets != IGNORE_INDEX).sum())
+    assert abs(float(loss) - float(plain)) < 1e-5
+    for g, p in zip(grads, plain_grads):
+        assert torch.allclose(g, p, atol=1e-5), float((g - p).abs().max())
+
+
+def test_chunked_loss_under_bf16_autocast_stays_close():
+    torch.manual_seed(1)
+    hidden = torch.randn(200, 32, requires_grad=True)
+    weight = 0.2 * torch.randn(500, 32)
+    targets = torch.randint(0, 500, (200,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s, n = linear_cross_entropy_sum(hidden, weight, targets)
+    plain = nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    assert s.dtype == torch.float32
+    assert abs(float(s) - float(plain)) / float(plain) < 1e-2
+
+
+def test_a_batch_with_nothing_trained_gives_zero_loss_and_a_graph():
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    s, n = linear_cross_entropy_sum(hidden, torch.randn(11, 8), torch.full((2, 5), IGNORE_INDEX))
+    assert n == 0 and float(s) == 0.0
+    s.backward()
+    assert hidden.grad is not None
+
+
+def test_heads_with_extras_take_the_models_own_loss(tiny_model, data_files, tmp_path):
+    cfg = RunConfig(model=tiny_model, method="full", data=str(data_files["chat"]), runs_dir=str(tmp_path))
+    model, _ = build_model(cfg)
+    assert plain_head(model)
+    model.config.final_logit_softcapping = 30.0
+    assert not plain_head(model)
+
+
+def test_lean_trainer_is_the_engines_trainer():
+    from ft_engine import training
+    assert training.LeanTrainer is LeanTrainer
