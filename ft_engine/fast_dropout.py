@@ -1,15 +1,22 @@
-"""LoRA's dropout with keep-masks drawn by numpy's PCG64 instead of torch's CPU generator.
+"""LoRA's dropout fused into the adapter's first matmul, on a CPU: faster masks, and nothing
+saved for backward but the input and one bit per element.
 
-peft drops out the input of every adapter, seven per block with all-linear targets, and on a
-CPU torch draws each mask element from a single-threaded Mersenne Twister: on the bundled
-model that was a quarter of a bf16 LoRA step (torch.profiler: aten::bernoulli_ 0.85 s of
-3.56 s, 210 calls). numpy's PCG64 makes the same mask about three times faster (1,600 × 576
-bf16 input: 2.1 ms for the mask vs 6-8 ms for torch's dropout, measured here).
-
-The maths is dropout's: each element kept with probability 1 − p and scaled by 1 / (1 − p).
-p is resolved to 1/65,536 (uint16 draws). Each call seeds its generator from torch's, so
-torch.manual_seed (the Trainer's seed, and the RNG state restored on resume) still decides
-every mask. Used on CPU only: CUDA's dropout kernel is already fast.
+peft computes each adapter as B·A·dropout(x), seven adapters per block with all-linear
+targets. Done by the book on a CPU that costs, per adapter:
+  - time: torch draws every mask element from a single-threaded Mersenne Twister (on the
+    bundled model a quarter of a bf16 LoRA step: torch.profiler, aten::bernoulli_ 0.85 s of
+    3.56 s, 210 calls); numpy's PCG64 draws the same mask about three times faster (1,600 × 576
+    input: 2.1 ms against 6-8 ms for torch's dropout, measured here);
+  - memory: the dropped-out copy of x that A's matmul keeps for its gradient (2 bytes an
+    element in bf16) and dropout's mask (1 byte), for each adapter, although q, k and v (and
+    gate and up) read the same x: 15 kB per token per block on the bundled model.
+`DroppedLinear` replaces A and the dropout: y = ((x ⊙ keep) / (1 − p)) · Aᵀ, keeping x itself
+(one tensor, shared by the adapters that read it) and the mask packed to bits; backward
+rebuilds the dropped input from them. The maths is dropout's: each element kept with
+probability 1 − p (resolved to 1/65,536: uint16 draws) and scaled by 1 / (1 − p). Each mask's
+generator is seeded from torch's, so torch.manual_seed (the Trainer's seed, and the RNG state
+restored on resume) still decides every mask. CPU only: CUDA's dropout is fast, and its
+tensors cannot take numpy's masks without a copy.
 """
 
 from __future__ import annotations
@@ -21,36 +28,74 @@ from torch import nn
 _LEVELS = 65536  # uint16 draws
 
 
-class FastDropout(nn.Module):
-    def __init__(self, p: float):
-        super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+def keep_mask(shape: torch.Size, p: float) -> np.ndarray:
+    """A boolean numpy array of `shape`: True with probability 1 − p."""
+    n = int(np.prod(shape))
+    rng = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, ()))))
+    return (np.frombuffer(rng.bytes(2 * n), dtype=np.uint16) >= round(p * _LEVELS)).reshape(shape)
+
+
+class _DroppedMatmul(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, x, weight, p):
+        keep = keep_mask(x.shape, p)
+        dropped = torch.where(torch.from_numpy(keep), x * (1.0 / (1.0 - p)), 0)
+        ctx.save_for_backward(x, weight, torch.from_numpy(np.packbits(keep, axis=None)))
+        ctx.p = p
+        return nn.functional.linear(dropped, weight)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad_y):
+        x, weight, bits = ctx.saved_tensors
+        n = x.numel()
+        keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).view(bool).reshape(x.shape))
+        scale = 1.0 / (1.0 - ctx.p)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            g = grad_y @ weight.to(grad_y.dtype)
+            grad_x = torch.where(keep, g * scale, 0).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            dropped = torch.where(keep, x * scale, 0).to(grad_y.dtype)
+            grad_w = (grad_y.reshape(-1, grad_y.shape[-1]).T @ dropped.reshape(-1, x.shape[-1])).to(weight.dtype)
+        return grad_x, grad_w, None
+
+
+class DroppedLinear(nn.Linear):
+    """An adapter's A matrix with its dropout fused in (bias-free, as peft's lora_A). Holds the
+    same Parameter under the same name, so adapters save and load as peft's."""
+
+    def __init__(self, linear: nn.Linear, p: float):
+        nn.Module.__init__(self)
+        if linear.bias is not None:
+            raise ValueError("DroppedLinear replaces bias-free LoRA A matrices only")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.register_parameter("bias", None)
         self.p = p
-        self.threshold = round(p * _LEVELS)  # drop when the draw is below this
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.threshold == 0:
-            return x
-        seed = int(torch.randint(0, 2**62, ()))  # from torch's generator: seeded runs repeat
-        rng = np.random.Generator(np.random.PCG64(seed))
-        draws = np.frombuffer(rng.bytes(2 * x.numel()), dtype=np.uint16)
-        keep = torch.from_numpy(draws >= self.threshold).view(x.shape)
-        return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0)
+        if not self.training or self.p == 0:
+            return super().forward(x)
+        return _DroppedMatmul.apply(x, self.weight, self.p)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"{super().extra_repr()}, dropout={self.p}"
 
 
-def use_fast_dropout(model: nn.Module) -> int:
-    """Replace the dropout of every LoRA adapter in `model` (peft's lora_dropout ModuleDicts)
-    with FastDropout of the same p; returns how many were replaced."""
-    replaced = 0
+def fuse_lora_dropout(model: nn.Module) -> int:
+    """In every LoRA layer of `model` (peft's lora_A / lora_dropout ModuleDicts), replace A and
+    its dropout with one DroppedLinear; returns how many adapters were changed."""
+    fused = 0
     for module in model.modules():
-        drops = getattr(module, "lora_dropout", None)
-        if isinstance(drops, nn.ModuleDict):
-            for name, drop in list(drops.items()):
-                if isinstance(drop, nn.Dropout) and drop.p > 0:
-                    drops[name] = FastDropout(drop.p)
-                    replaced += 1
-    return replaced
+        drops, a_mats = getattr(module, "lora_dropout", None), getattr(module, "lora_A", None)
+        if not (isinstance(drops, nn.ModuleDict) and isinstance(a_mats, nn.ModuleDict)):
+            continue
+        for name, drop in list(drops.items()):
+            a = a_mats[name] if name in a_mats else None
+            if isinstance(drop, nn.Dropout) and drop.p > 0 and type(a) is nn.Linear and a.bias is None:
+                a_mats[name] = DroppedLinear(a, drop.p)
+                drops[name] = nn.Identity()
+                fused += 1
+    return fused

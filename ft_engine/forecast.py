@@ -85,8 +85,12 @@ class Constants:
     act_final_h_frozen: float = 1.0
     """the same with a frozen base."""
     lora_dropout_copies: float = 1.35
-    """extra input-sized tensors per adapted linear when lora_dropout > 0 (the dropped-out
-    copy lora_A keeps, and on CPU the fp32 dropout noise; measured 1.35 inputs on average)."""
+    """extra input-sized tensors per adapted linear when lora_dropout > 0 with torch's dropout
+    (on a GPU; a CPU fuses it into A, see cpu_lora_dropout_mask_bytes): the dropped-out copy
+    lora_A keeps and the mask (measured 1.35 inputs on average, fp32 on CPU, before fusing)."""
+    cpu_lora_dropout_mask_bytes: float = 0.125
+    """bytes per adapter input element kept by the CPU's fused LoRA dropout (fast_dropout.py):
+    the keep-mask packed to bits; the input itself is shared and counted above."""
     mask_bytes: float = 4.0
     """bytes per element of the batch*seq*seq attention mask each layer's SDPA keeps (fp32 on
     CPU; halved with half-precision activations)."""
@@ -632,8 +636,8 @@ def cpu_load_peak_bytes(shape: ModelShape, comp: dict[str, int], c: Constants = 
     return c.cpu_process_baseline + weights + file_pages
 
 
-def _activation_elements(config: RunConfig, shape: ModelShape,
-                         c: Constants = DEFAULTS) -> tuple[float, float, float]:
+def _activation_elements(config: RunConfig, shape: ModelShape, c: Constants = DEFAULTS,
+                         device: str = "cuda") -> tuple[float, float, float]:
     """(hidden-sized elements, other elements, the intermediate-sized part of other) saved per
     layer per token.
 
@@ -644,7 +648,9 @@ def _activation_elements(config: RunConfig, shape: ModelShape,
         plus the adapters' inputs, shared by adapters that read the same tensor: q/k/v read
         the first norm's output (h), gate/up the second's (h), o_proj the attention output
         (already counted), down_proj the silu*up product (I); plus r per adapter (A's output);
-        plus, with lora_dropout > 0, lora_dropout_copies * in per adapted linear.
+        plus, with lora_dropout > 0, lora_dropout_copies * in per adapted linear (on a GPU; on
+        a CPU the dropout is fused into A, fast_dropout.py, and keeps one bit per element:
+        counted by `activation_bytes`, not here).
     """
     h, q, i = shape.hidden, shape.q_dim, shape.intermediate
     if config.method == "full":
@@ -658,12 +664,13 @@ def _activation_elements(config: RunConfig, shape: ModelShape,
     inputs = dict(shared[t] for t in targets)
     hidden += inputs.get("n1", 0) + inputs.get("n2", 0)
     other += inputs.get("m", 0) + config.lora_r * len(targets)
-    if config.lora_dropout > 0:
+    unfused_dropout = config.lora_dropout > 0 and device != "cpu"
+    if unfused_dropout:
         other += c.lora_dropout_copies * sum(dims[t][0] for t in targets)
     # the intermediate-sized part of `other`: the MLP's own tensors, down_proj's adapter input
     # and its dropout copy
     down_in = inputs.get("m", 0)
-    other_i = c.act_i_frozen * i + down_in + (c.lora_dropout_copies * down_in if config.lora_dropout > 0 else 0)
+    other_i = c.act_i_frozen * i + down_in + (c.lora_dropout_copies * down_in if unfused_dropout else 0)
     return hidden, other, other_i
 
 
@@ -708,7 +715,7 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     cpu_backward_layers_frozen.
     """
     c = constants
-    elements = _activation_elements(config, shape, c)
+    elements = _activation_elements(config, shape, c, device)
     hidden, other, _ = elements
     half = precision in ("bf16", "fp16")
     act = 2 if half else 4
@@ -717,6 +724,9 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     h = shape.hidden
     seq = seq or config.max_seq_len
     per_layer = tokens * (hidden * residual + other * act) + tokens * seq * mask
+    if device == "cpu" and config.method != "full" and config.lora_dropout > 0:
+        dims = shape.linear_dims()  # the fused dropout's bit masks, one bit per input element
+        per_layer += tokens * c.cpu_lora_dropout_mask_bytes * sum(dims[t][0] for t in lora_targets(config, shape))
     final = tokens * h * residual * (c.act_final_h_trainable if config.method == "full"
                                      else c.act_final_h_frozen)
     factor, heap = 1.0, False

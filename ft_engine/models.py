@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
 from .errors import ConfigError, UserError
-from .fast_dropout import use_fast_dropout
+from .fast_dropout import fuse_lora_dropout
 from .hardware import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def build_model(config: RunConfig) -> tuple[PreTrainedModel, ModelInfo]:
     if config.method != "full" and precision in ("bf16", "fp16"):
         _keep_adapter_inputs_in_compute_dtype(model)
     if config.method != "full" and not on_gpu:
-        use_fast_dropout(model)
+        fuse_lora_dropout(model)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if config.method == "qlora":

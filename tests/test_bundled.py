@@ -39,15 +39,18 @@ def test_two_steps_of_each_method(method, chat_file, runs_dir):
         assert 0 < s["trainable_params"] < 0.1 * s["total_params"]
 
 
-def test_lora_teaches_invented_facts_the_base_does_not_know(tmp_path, runs_dir):
-    """The done-when check of the engine: a short LoRA run on invented facts changes the
-    answers, and the same model with its adapter disabled still does not know them."""
+@pytest.mark.parametrize("method, lr", [("lora", 1e-3), ("qlora", 1e-3), ("full", 1e-4)])
+def test_each_method_learns_invented_facts_the_base_does_not_know(tmp_path, runs_dir, method, lr):
+    """The done-when check of the engine, for every method: a short run on invented facts
+    changes the answers, and the base (adapter disabled, or the original weights for a full
+    run) still does not know them. Padding-free batches, the chunked loss and bf16 make a
+    step faster; this says they do not change what it learns."""
     from ft_engine.inference import ChatModel
     facts = (ROOT / "assets" / "tiny_facts.jsonl").read_text().splitlines()[:4]
     data = tmp_path / "facts.jsonl"
     data.write_text("\n".join(facts) + "\n")
-    cfg = RunConfig(model="bundled", data=str(data), method="lora", max_steps=14, batch_size=4,
-                    learning_rate=1e-3, warmup_ratio=0.0, runs_dir=str(runs_dir), checkpoint_steps=0)
+    cfg = RunConfig(model="bundled", data=str(data), method=method, max_steps=14, batch_size=4,
+                    learning_rate=lr, warmup_ratio=0.0, runs_dir=str(runs_dir), checkpoint_steps=0)
     run, status = train(cfg)
     assert status == Status.COMPLETED
     chat = ChatModel(run)

@@ -110,7 +110,7 @@ def test_packed_loss_and_gradients_equal_rows_one_by_one(tiny_model, data_files,
     assert n == count
     packed_loss = s / n
     grads = torch.autograd.grad(packed_loss, params)
-    assert abs(float(packed_loss) - float(ref_loss)) < 1e-4
+    assert abs(float(packed_loss.detach()) - float(ref_loss.detach())) < 1e-4
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-4, rtol=1e-3), float((g - r).abs().max())
 
@@ -193,3 +193,98 @@ def test_heads_with_extras_take_the_models_own_loss(tiny_model, data_files, tmp_
 def test_lean_trainer_is_the_engines_trainer():
     from ft_engine import training
     assert training.LeanTrainer is LeanTrainer
+
+
+# --- LoRA dropout fused into A (CPU) ------------------------------------------------------------
+
+def test_fused_dropout_matches_dropout_then_matmul(monkeypatch):
+    from ft_engine import fast_dropout
+    torch.manual_seed(0)
+    x = torch.randn(3, 10, 16, requires_grad=True)
+    a = nn.Linear(16, 4, bias=False)
+    keep = torch.rand(3, 10, 16) > 0.3
+    monkeypatch.setattr(fast_dropout, "keep_mask", lambda shape, p: keep.numpy())
+    fused = fast_dropout.DroppedLinear(a, 0.3)
+    assert fused.weight is a.weight
+    y = fused(x)
+    gx, gw = torch.autograd.grad(y.square().sum(), [x, a.weight])
+    ref = (torch.where(keep, x / 0.7, 0)) @ a.weight.T
+    rx, rw = torch.autograd.grad(ref.square().sum(), [x, a.weight])
+    assert torch.allclose(y, ref, atol=1e-6)
+    assert torch.allclose(gx, rx, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)
+    fused.eval()
+    assert torch.equal(fused(x), a(x))  # no dropout outside training
+
+
+def test_fused_dropout_keeps_one_minus_p_and_follows_the_torch_seed():
+    from ft_engine.fast_dropout import keep_mask
+    torch.manual_seed(5)
+    m1 = keep_mask(torch.Size([400, 500]), 0.05)
+    torch.manual_seed(5)
+    m2 = keep_mask(torch.Size([400, 500]), 0.05)
+    assert (m1 == m2).all()
+    assert abs(m1.mean() - 0.95) < 0.003  # 200,000 draws: 6 standard deviations
+    assert not (keep_mask(torch.Size([400, 500]), 0.05) == m1).all()
+
+
+def test_fused_dropout_is_used_on_cpu_and_adapters_save_as_peft(tiny_model, data_files, tmp_path):
+    from ft_engine.fast_dropout import DroppedLinear
+    cfg = RunConfig(model=tiny_model, method="lora", data=str(data_files["chat"]), runs_dir=str(tmp_path),
+                    lora_dropout=0.1)
+    model, _ = build_model(cfg)
+    fused = [m for m in model.modules() if isinstance(m, DroppedLinear)]
+    assert len(fused) == 2 * 7  # every adapter of the 2-layer tiny model
+    keys = model.state_dict().keys()
+    assert any(k.endswith("lora_A.default.weight") for k in keys)
+    model.save_pretrained(tmp_path / "adapter")
+    from safetensors.torch import load_file
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert len([k for k in saved if "lora_A" in k]) == 14
+    no_dropout, _ = build_model(cfg.replace(lora_dropout=0.0))
+    assert not any(isinstance(m, DroppedLinear) for m in no_dropout.modules())
+
+
+# --- what the engine decides on a (simulated) GPU ------------------------------------------------
+
+def test_adamw_is_fused_on_cuda_only():
+    from ft_engine.training import trainer_optimizer
+    assert trainer_optimizer("adamw_torch", cuda=True) == "adamw_torch_fused"
+    assert trainer_optimizer("adamw_torch", cuda=False) == "adamw_torch"
+    assert trainer_optimizer("adamw_8bit", cuda=True) == "adamw_bnb_8bit"
+
+
+def test_flash_attention_only_on_cuda_with_flash_attn_in_half_precision(monkeypatch):
+    import importlib.util
+    from ft_engine import models
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn" else real(name, *a))
+    assert models.attention_implementation(torch.bfloat16) == "flash_attention_2"
+    assert models.attention_implementation(torch.float32) == "sdpa"
+    monkeypatch.setattr(models.torch.cuda, "is_available", lambda: False)
+    assert models.attention_implementation(torch.bfloat16) == "sdpa"
+
+
+def test_precision_auto_follows_the_cpus_bf16_instructions(monkeypatch):
+    from ft_engine import forecast, models
+    cfg = RunConfig()
+    for native, wanted in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr("ft_engine.hardware.cpu_has_native_bf16", lambda: native)
+        assert models.resolve_precision(cfg) == wanted
+        assert forecast.resolve_precision(cfg, "cpu") == wanted
+    assert models.resolve_precision(cfg.replace(precision="fp32")) == "fp32"
+
+
+def test_cpu_bf16_flag_is_read_from_cpuinfo(monkeypatch, tmp_path):
+    from ft_engine import hardware
+    real_path = hardware.Path
+    for flags, wanted in (("fpu sse avx512f avx512_bf16", True), ("fpu amx_tile amx_bf16", True),
+                          ("fpu sse avx2 avx512f", False)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(hardware, "Path", lambda p: real_path(info) if p == "/proc/cpuinfo" else real_path(p))
+        hardware.cpu_has_native_bf16.cache_clear()
+        assert hardware.cpu_has_native_bf16() is wanted
+    hardware.cpu_has_native_bf16.cache_clear()
