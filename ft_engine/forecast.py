@@ -118,6 +118,11 @@ class Constants:
     Llama at 8x512 (tests/test_forecast.py), SmolLM2-135M (30 layers) at 1x256 and 4x512,
     Llama-3.2-1B-shaped (16 layers) at 1x256 and 2x512. Full fine-tuning shows no such extra
     (its gradients, allocated in backward and kept, fill the holes): the factor is 1 there."""
+    cpu_layer_factor_lora_half: float = 1.78
+    """`cpu_layer_factor_lora` for bf16 runs on a CPU (padding-free batches, fused dropout):
+    fitted to SmolLM2-135M LoRA at 4x512 on 2026-12-02 (bench/forecast_accuracy.py: 3,471 MiB
+    measured, 2,988 forecast with the fp32 factor); 1x256 then lands within 1%. The smaller
+    bf16 tensors leave more of their freed memory in glibc's heap than fp32 ones did."""
     cpu_layer_factor_qlora: float = 1.65
     """The same for QLoRA when its dequantized weights come from the heap: bitsandbytes' CPU
     path allocates and frees a dequantized fp32 copy of each weight (and int32 temporaries),
@@ -534,7 +539,15 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
                 + compute * (non_linear + biases)
             add(f"{config.quant_type} (4-bit)", shape.layers * sum(quantized_bytes(n) for n in per_layer))
             add(f"{'fp32' if compute == 4 else 'half'} (embedding, norms, head)", compute * (non_linear + biases))
-            if device == "cpu" and shape.checkpoint_dtype == "float32" and compute == 4:
+            if device == "cpu" and shape.checkpoint_dtype == "float32" and compute != 4:
+                # Quantizing reads every page of the memory-mapped fp32 file and the mapping
+                # stays: the whole file is resident all through training even though the
+                # embedding, norms and head are half-precision copies (SmolLM2-135M, fp32 on
+                # disk, bf16 compute: 1,551 MiB measured at 1x256 against 1,131 forecast
+                # without the file's 513 MiB, bench/forecast_accuracy.py 2026-12-02).
+                comp["weights_frozen"] += shape.checkpoint_bytes
+                add("checkpoint file (memory-mapped)", shape.checkpoint_bytes)
+            elif device == "cpu" and shape.checkpoint_dtype == "float32" and compute == 4:
                 # The fp32 embedding, norms and head are views of the memory-mapped file, which
                 # keeps the mapping alive, and quantizing read every page of it: the whole file
                 # stays resident (measured on SmolLM2-135M, fp32 on disk: file-backed RSS = the
@@ -599,7 +612,10 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     load_peak = None
     if device == "cpu":
         # The peak may come while loading, before any training: see `cpu_load_peak_bytes`.
-        load_peak = cpu_load_peak_bytes(shape, comp, c)
+        # QLoRA quantizes from the mapped file, reading every page of it, whatever the dtypes
+        loaded = "4-bit" if method == "qlora" else \
+            "float32" if method == "full" or not half else "bfloat16" if precision == "bf16" else "float16"
+        load_peak = cpu_load_peak_bytes(shape, comp, c, loaded_dtype=loaded)
         comp["runtime_overhead"] += max(0, load_peak - sum(comp.values()))
 
     comp = {k: int(v) for k, v in comp.items()}
@@ -618,7 +634,8 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     return fc
 
 
-def cpu_load_peak_bytes(shape: ModelShape, comp: dict[str, int], c: Constants = DEFAULTS) -> int:
+def cpu_load_peak_bytes(shape: ModelShape, comp: dict[str, int], c: Constants = DEFAULTS,
+                        loaded_dtype: str = "float32") -> int:
     """Peak RSS while `build_model` loads the model on CPU, before training starts.
 
     safetensors files are memory-mapped. When the file's dtype is the one the weights are
@@ -630,9 +647,12 @@ def cpu_load_peak_bytes(shape: ModelShape, comp: dict[str, int], c: Constants = 
     on disk: the file-backed RSS reached the file's 2,357 MiB on top of the 4,714 MiB of fp32
     weights, then fell to 0 when loading ended; LoRA 1x256's peak, 7,664 MiB, was this one).
     QLoRA quantizes from the same pages; with an fp32 file they stay mapped for good and are
-    counted in its weights instead (see `forecast`)."""
+    counted in its weights instead (see `forecast`). A file already in the dtype the weights
+    are loaded in (a bf16 checkpoint for a bf16 LoRA base) is not converted, and adds no
+    second copy (Llama-3.2-1B shape, bf16 file, bf16 LoRA base, 1x256: 3,910 MiB measured
+    against the 5,347 this formula gave with the file counted, 2026-12-02)."""
     weights = comp["weights_frozen"] + comp["weights_trainable"] + comp["quant_constants"]
-    file_pages = shape.checkpoint_bytes if shape.checkpoint_dtype != "float32" else 0
+    file_pages = shape.checkpoint_bytes if shape.checkpoint_dtype != loaded_dtype else 0
     return c.cpu_process_baseline + weights + file_pages
 
 
@@ -736,7 +756,8 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
         backward = c.cpu_backward_layers_frozen
         largest = 4 * max(shape.linear_params(n) for n in LINEARS)  # its dequantized fp32 copy
         heap = config.method == "qlora" and largest < c.cpu_mmap_threshold_max
-        factor = c.cpu_layer_factor_qlora if heap else c.cpu_layer_factor_lora
+        lora_factor = c.cpu_layer_factor_lora_half if half else c.cpu_layer_factor_lora
+        factor = c.cpu_layer_factor_qlora if heap else lora_factor
     else:
         backward = c.backward_layers_frozen
     if config.activation_checkpointing:
