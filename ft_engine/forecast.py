@@ -482,8 +482,8 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     Overhead: CPU process baseline, and what the load peak (`cpu_load_peak_bytes`) exceeds the
       training peak by, if it does (details["peak_while"] says which phase peaks); on CUDA the
       cuBLAS workspace (+ for QLoRA one dequantized linear weight in compute dtype).
-    CPU QLoRA weights: besides the 4-bit linears, an fp32 file stays memory-mapped whole; a
-      half-precision file leaves a copy of the non-quantized weights in its dtype.
+    CPU QLoRA weights: the 4-bit linears and copies of the rest; the checkpoint file, read
+      whole while quantizing, weighs in the loading peak only.
     """
     c = constants
     if shape is None:
@@ -539,29 +539,9 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
                 + compute * (non_linear + biases)
             add(f"{config.quant_type} (4-bit)", shape.layers * sum(quantized_bytes(n) for n in per_layer))
             add(f"{'fp32' if compute == 4 else 'half'} (embedding, norms, head)", compute * (non_linear + biases))
-            if device == "cpu" and shape.checkpoint_dtype == "float32" and compute != 4:
-                # Quantizing reads every page of the memory-mapped fp32 file and the mapping
-                # stays: the whole file is resident all through training even though the
-                # embedding, norms and head are half-precision copies (SmolLM2-135M, fp32 on
-                # disk, bf16 compute: 1,551 MiB measured at 1x256 against 1,131 forecast
-                # without the file's 513 MiB, bench/forecast_accuracy.py 2026-12-02).
-                comp["weights_frozen"] += shape.checkpoint_bytes
-                add("checkpoint file (memory-mapped)", shape.checkpoint_bytes)
-            elif device == "cpu" and shape.checkpoint_dtype == "float32" and compute == 4:
-                # The fp32 embedding, norms and head are views of the memory-mapped file, which
-                # keeps the mapping alive, and quantizing read every page of it: the whole file
-                # stays resident (measured on SmolLM2-135M, fp32 on disk: file-backed RSS = the
-                # file's 513 MiB all through training). Those tensors are part of that file.
-                comp["weights_frozen"] += shape.checkpoint_bytes - 4 * (non_linear + biases)
-                add("checkpoint file (memory-mapped)", shape.checkpoint_bytes - 4 * (non_linear + biases))
-            elif device == "cpu" and compute == 4:
-                # With a half-precision file, a copy of the embedding, norms and head in the file's
-                # dtype stays besides their fp32 cast (measured on the Llama-3.2-1B-shaped model, bf16
-                # on disk: 516 MiB more than the fp32 weights and 4-bit linears after loading, all
-                # through training; its tied embedding in bf16 is 501 MiB).
-                extra = _DTYPE_BYTES[shape.checkpoint_dtype] * (non_linear + biases)
-                comp["weights_frozen"] += extra
-                add(f"{shape.checkpoint_dtype} (embedding, norms, head: loader's copy)", extra)
+            # On CPU the file read while quantizing is counted in the loading peak
+            # (`cpu_load_peak_bytes`); the weights that are not quantized are copied out of it
+            # (models._freeze_quantized), so it is not resident while training.
             comp["quant_constants"] = shape.layers * sum(quant_constant_bytes(n, config.double_quant, c)
                                                          for n in per_layer)
             if half:

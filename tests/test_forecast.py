@@ -177,16 +177,43 @@ def test_cpu_peak_while_loading_a_half_precision_file():
     assert fp32.total_bytes < f.total_bytes
 
 
-def test_cpu_qlora_keeps_an_fp32_file_mapped():
+def test_cpu_qlora_counts_the_checkpoint_file_while_loading_only():
+    """Quantizing reads the whole file through its memory map; the weights that are not
+    quantized are then copied out of it (models._freeze_quantized), so the file weighs in the
+    loading peak and not in training."""
     shape = model_shape(tiny_config())
-    cfg = RunConfig(method="qlora", lora_r=4, precision="fp32")
     linear = 2 * 36_864
-    cpu = forecast(cfg, shape, "cpu").components["weights_frozen"]
-    assert cpu == linear // 2 + 4 * P           # 4-bit linears + the whole fp32 file
-    assert forecast(cfg, shape, "cuda").components["weights_frozen"] == linear // 2 + 4 * (P - linear)
-    # with a bf16 compute dtype the rest is cast to bf16 copies, and the file stays mapped too
-    bf16 = forecast(cfg.replace(precision="bf16"), shape, "cpu").components["weights_frozen"]
-    assert bf16 == linear // 2 + 2 * (P - linear) + 4 * P
+    for precision, rest_bytes in (("fp32", 4), ("bf16", 2)):
+        f = forecast(RunConfig(method="qlora", lora_r=4, precision=precision), shape, "cpu")
+        assert f.components["weights_frozen"] == linear // 2 + rest_bytes * (P - linear)
+        weights = f.components["weights_frozen"] + f.components["weights_trainable"] + f.components["quant_constants"]
+        assert fcm.cpu_load_peak_bytes(shape, f.components, loaded_dtype="4-bit") == \
+            fcm.DEFAULTS.cpu_process_baseline + weights + shape.checkpoint_bytes
+
+
+def _in_file_mapping(tensor, name: str) -> bool:
+    """Whether the tensor's memory lies in a memory map of a file called `name` (/proc/self/maps)."""
+    ptr = tensor.untyped_storage().data_ptr()
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith(name):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= ptr < hi:
+                return True
+    return False
+
+
+def test_qlora_copies_its_unquantized_weights_out_of_the_checkpoint(tiny_model, tmp_path):
+    import torch
+    from ft_engine.models import build_model
+    # the check can see a mapped weight: an fp32 LoRA base loaded from this fp32 file is one
+    lora, _ = build_model(RunConfig(model=tiny_model, method="lora", data="x", runs_dir=str(tmp_path),
+                                    precision="fp32"))
+    assert any(_in_file_mapping(p, "model.safetensors") for p in lora.parameters() if not p.requires_grad)
+    # fp32 compute: the file's own dtype, so without the copy these would be views of the file
+    model, _ = build_model(RunConfig(model=tiny_model, method="qlora", data="x", runs_dir=str(tmp_path),
+                                     precision="fp32"))
+    rest = [p for p in model.parameters() if p.dtype != torch.uint8 and not p.requires_grad]
+    assert rest and not any(_in_file_mapping(p, "model.safetensors") for p in rest)
 
 
 def test_cpu_frozen_base_activations_formula():
