@@ -123,6 +123,12 @@ class Constants:
     fitted to SmolLM2-135M LoRA at 4x512 on 2026-12-02 (bench/forecast_accuracy.py: 3,471 MiB
     measured, 2,988 forecast with the fp32 factor); 1x256 then lands within 1%. The smaller
     bf16 tensors leave more of their freed memory in glibc's heap than fp32 ones did."""
+    cpu_qlora_load_transient: float = 0.3
+    """Loading for QLoRA on CPU peaks this share of the checkpoint file above the file, the
+    4-bit weights and the rest (tensors on their way to 4 bits, loader bookkeeping; the cause
+    is not isolated): fitted on 2026-12-02 to SmolLM2-135M (fp32 file: 1,446 MiB at 1x256, 218
+    over) and the Llama-3.2-1B shape (bf16 file: 4,101-4,813 MiB at 1x256-2x512, up to 843
+    over), bench/forecast_accuracy.py --only qlora."""
     cpu_layer_factor_qlora: float = 1.65
     """The same for QLoRA when its dequantized weights come from the heap: bitsandbytes' CPU
     path allocates and frees a dequantized fp32 copy of each weight (and int32 temporaries),
@@ -633,6 +639,8 @@ def cpu_load_peak_bytes(shape: ModelShape, comp: dict[str, int], c: Constants = 
     against the 5,347 this formula gave with the file counted, 2026-12-02)."""
     weights = comp["weights_frozen"] + comp["weights_trainable"] + comp["quant_constants"]
     file_pages = shape.checkpoint_bytes if shape.checkpoint_dtype != loaded_dtype else 0
+    if loaded_dtype == "4-bit":
+        file_pages += int(c.cpu_qlora_load_transient * shape.checkpoint_bytes)
     return c.cpu_process_baseline + weights + file_pages
 
 
