@@ -837,6 +837,10 @@ def _candidates(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
                     {"activation_checkpointing": True}))
     if config.method == "full" and config.optimizer == "adamw_torch":
         out.append(("use the 8-bit AdamW optimizer (adamw_8bit)", {"optimizer": "adamw_8bit"}))
+    if config.method == "full" and config.precision != "fp32":
+        # bf16/fp16 autocast keeps a half-precision copy of every trainable weight for the step
+        out.append(("train in fp32 (no half-precision copies of the weights; slower where bf16 is fast)",
+                    {"precision": "fp32"}))
     if config.batch_size >= 2:
         b = config.batch_size // 2
         out.append((f"halve the batch to {b} and double grad_accum to {config.grad_accum * 2} "
@@ -884,7 +888,7 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
         for _, new, _ in lowering:
             combined = combined.replace(**{k: getattr(new, k) for k in
                                            ("activation_checkpointing", "optimizer", "batch_size",
-                                            "grad_accum", "method", "max_seq_len")
+                                            "grad_accum", "method", "max_seq_len", "precision")
                                            if getattr(new, k) != getattr(config, k)})
         fc = forecast(combined, shape, base.device, constants, seq_len=seq_len)
         if fc.total_bytes < min(s[2].total_bytes for s in lowering):

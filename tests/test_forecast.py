@@ -397,3 +397,20 @@ def test_suggestions_lower_the_total(method):
 def test_available_memory():
     device, free, label = fcm.available_memory()
     assert device in ("cpu", "cuda") and free > 0 and label
+
+
+def test_full_fine_tuning_in_half_precision_is_offered_fp32():
+    """bf16 autocast keeps a half-precision copy of every trainable weight; when nothing fits,
+    training in fp32 is among the changes that lower the forecast (fp32 activations weigh
+    twice as much, less than the copies on a 1B model at 1 x 512)."""
+    shape = model_shape("llama-3.2-1b-shape")
+    cfg = RunConfig(method="full", batch_size=1, max_seq_len=512, precision="bf16")
+    base = forecast(cfg, shape, "cpu")
+    found = {desc: fc for desc, new, fc in suggestions(cfg, shape, ("cpu", 1024 * MIB, "fake"))
+             if new.precision == "fp32" and new.replace(precision="bf16") == cfg}
+    assert len(found) == 1
+    (fc,) = found.values()
+    assert base.components["autocast_copies"] > 0 == fc.components["autocast_copies"]
+    assert fc.total_bytes < base.total_bytes
+    assert not [d for d, n, f in suggestions(cfg.replace(precision="fp32"), shape, ("cpu", 1024 * MIB, "fake"))
+                if n.precision != "fp32"]

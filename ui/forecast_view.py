@@ -29,7 +29,8 @@ GROUPS = {
 GROUP_COLORS = ("rgb(31,119,180)", "rgb(255,127,14)", "rgb(44,160,44)", "rgb(148,103,189)")
 VERDICT_ICONS = {"fits": "✅", "tight": "⚠️", "will not fit": "❌", "unknown": "❔"}
 # the settings a fix may change: each has a widget in the Train or Data tab
-FIX_FIELDS = ("method", "activation_checkpointing", "optimizer", "batch_size", "grad_accum", "max_seq_len")
+FIX_FIELDS = ("method", "activation_checkpointing", "optimizer", "batch_size", "grad_accum", "max_seq_len",
+              "precision")
 
 
 @dataclass
