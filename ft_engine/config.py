@@ -23,7 +23,7 @@ from .errors import ConfigError, UserError
 Method = Literal["full", "lora", "qlora"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
-Optimizer = Literal["adamw_torch", "adamw_8bit", "sgd"]
+Optimizer = Literal["auto", "adamw_torch", "adamw_8bit", "adamw_lean", "sgd"]
 QuantType = Literal["nf4", "fp4"]
 ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"]
@@ -91,8 +91,13 @@ class RunConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm (0 disables clipping)."""
-    optimizer: Optimizer = "adamw_torch"
-    """`adamw_torch`; `adamw_8bit` (bitsandbytes, less optimizer memory); `sgd`."""
+    optimizer: Optimizer = "auto"
+    """`auto`: adamw_torch, unless a full fine-tune with it will not fit the memory available;
+    then adamw_lean. `adamw_torch`: fp32 AdamW. `adamw_8bit`: bitsandbytes' 8-bit AdamW (less
+    optimizer memory). `adamw_lean` (full fine-tuning in the least memory): bf16 weights,
+    8-bit AdamW state, each weight updated during backward so the gradients never all exist
+    at once; about 4 bytes per parameter instead of 16, but no gradient clipping and
+    grad_accum must be 1. `sgd`: no optimizer state."""
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 20-30% slower."""
     seed: int = 42
@@ -166,6 +171,14 @@ class RunConfig:
         need(self.checkpoint_steps >= 0, f"checkpoint_steps must be >= 0 (0 = none), got {self.checkpoint_steps}")
         need(self.checkpoints_kept >= 1, f"checkpoints_kept must be >= 1, got {self.checkpoints_kept}")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        if self.optimizer == "adamw_lean":
+            need(self.grad_accum == 1,
+                 f"optimizer adamw_lean updates each weight during backward, so it cannot accumulate "
+                 f"gradients over micro-batches: set grad_accum to 1 (raise batch_size instead) or use "
+                 f"adamw_8bit, got grad_accum={self.grad_accum}")
+            need(self.precision != "fp16",
+                 "optimizer adamw_lean cannot undo fp16 loss scaling (its step runs inside backward): "
+                 "use precision bf16, fp32 or auto, or optimizer adamw_8bit")
         if self.method in ("lora", "qlora"):
             need(self.lora_r >= 1, f"lora_r must be >= 1 (try 8 or 16), got {self.lora_r}")
             need(self.lora_alpha >= 1, f"lora_alpha must be >= 1 (try 2 x lora_r), got {self.lora_alpha}")

@@ -175,6 +175,16 @@ class Constants:
     """The same during bitsandbytes' 8-bit AdamW step on CPU, whose 32-bit update of the
     embedding makes fp32 temporaries of it (Llama-3.2-1B shape, 1x256: 3.9 copies)."""
 
+    cpu_lean_end_copies: float = 1.5
+    """adamw_lean (lean_optimizer.py): copies of the largest tensor, in the weights' dtype, alive
+    at the end of backward on top of weights and 8-bit state: the tied head's gradient made in
+    the loss's forward, into which the embedding's backward adds its rows in place
+    (loss.tied_embedding), and the index_add's scratch. Llama-3.2-1B shape, 1x512 with
+    checkpointing, 2026-12-02: the peak (6,263 MiB) came in training, not at this point."""
+    lean_scratch_copies: float = 6.0
+    """adamw_lean's fp32 scratch per chunk of lean_optimizer.CHUNK_ELEMENTS: gradient, weight,
+    both moments, rounding noise and the quantizer's output."""
+
     # --- fixed costs ------------------------------------------------------------------------
     cpu_process_baseline: int = 590 * MIB
     """RSS of the training process when the engine starts measuring (memory.reset_peak, right
@@ -454,10 +464,45 @@ def quant_constant_bytes(numel: int, double_quant: bool, c: Constants = DEFAULTS
     return blocks + 4 * math.ceil(blocks / c.double_quant_block) + 4
 
 
+def lean_weight_bytes(precision: str) -> int:
+    """Bytes per weight of a full fine-tune with adamw_lean: bf16 weights when the run is bf16
+    (the model then runs in bf16 throughout), else fp32 (models.build_model does the same)."""
+    return 2 if precision == "bf16" else 4
+
+
+def lean_optimizer_allowed(config: RunConfig) -> bool:
+    """What RunConfig.validate demands of adamw_lean: no gradient accumulation, no fp16."""
+    return config.grad_accum == 1 and config.precision != "fp16"
+
+
+def resolve_optimizer(config: RunConfig, shape: ModelShape | None = None, device: str | None = None,
+                      available=None, constants: Constants = DEFAULTS, *, seq_len: int | None = None,
+                      tokens_per_batch: int | None = None) -> str:
+    """`optimizer: auto` → adamw_torch, except for a full fine-tune that does not fit (verdict
+    `tight` or `will not fit`) with it: then adamw_lean, or adamw_8bit where adamw_lean cannot
+    run (grad_accum > 1, fp16). `available`: bytes, or the tuple `available_memory` gives; when
+    it is None (unknown) auto means adamw_torch."""
+    if config.optimizer != "auto":
+        return config.optimizer
+    if config.method != "full" or _available_bytes(available) is None:
+        return "adamw_torch"
+    plain = forecast(config.replace(optimizer="adamw_torch"), shape, device, constants,
+                     seq_len=seq_len, tokens_per_batch=tokens_per_batch)
+    if verdict(plain, available, constants) == "fits":
+        return "adamw_torch"
+    device = plain.device
+    if lean_optimizer_allowed(config) and not (device == "cuda" and resolve_precision(config, device) == "fp16"):
+        return "adamw_lean"
+    return "adamw_8bit"
+
+
 def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | None = None,
              constants: Constants = DEFAULTS, *, seq_len: int | None = None,
-             tokens_per_batch: int | None = None) -> Forecast:
+             tokens_per_batch: int | None = None, available=None) -> Forecast:
     """Forecast the peak memory of training `config` on `device` (default: this machine's).
+
+    `available` (bytes, or `available_memory`'s tuple) only resolves `optimizer: auto`
+    (`resolve_optimizer`); without it auto is forecast as adamw_torch.
 
     `seq_len`: the longest row (min(max_seq_len, the data's longest row); default max_seq_len,
     the worst case for a dataset not yet seen). Batches are padding-free (packing.py): a batch
@@ -473,6 +518,11 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
       qlora  decoder linears 4-bit: 0.5 B/param + quantization constants; the rest (embedding,
              norms, untied lm_head, biases) in the compute dtype (models._freeze_quantized);
              adapters fp32.
+    Full with adamw_lean (lean_optimizer.py): weights bf16 (2 B) in a bf16 run, else fp32; no
+      autocast copies; state 2 B/param + absmaxes (fp32 moments under 4096 values); no
+      gradient buffer but an untied head's gradient (made in the loss's forward, kept through
+      backward; a tied one is made at the end of backward) and, at the end of backward,
+      cpu_lean_end_copies of the largest tensor; scratch: lean_scratch_copies fp32 chunks.
     Gradients: one fp32 value per trainable parameter: 4 B.
     Optimizer state (per trainable parameter): adamw_torch 8 B (exp_avg, exp_avg_sq, fp32);
       adamw_8bit 2 B + absmaxes (2*4/256 B), but fp32 (8 B) for tensors under 4096 values and for
@@ -497,7 +547,11 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     device = device or _default_device()
     if device not in ("cpu", "cuda"):
         raise UserError(f"device must be cpu or cuda, got {device!r}")
+    if config.optimizer == "auto":
+        config = config.replace(optimizer=resolve_optimizer(config, shape, device, available, c, seq_len=seq_len,
+                                                            tokens_per_batch=tokens_per_batch))
     precision = resolve_precision(config, device)
+    lean = config.method == "full" and config.optimizer == "adamw_lean"
     half = precision in ("bf16", "fp16")  # autocast, on a GPU or on a CPU with bf16 instructions
     compute = (_DTYPE_BYTES[config.compute_dtype] if config.compute_dtype != "auto"
                else (2 if precision in ("bf16", "fp16") else 4))
@@ -514,13 +568,14 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     method = config.method
     if method == "full":
         trainable = total_params
-        comp["weights_trainable"] = 4 * total_params
-        add("fp32", 4 * total_params)
+        wbytes = lean_weight_bytes(precision) if lean else 4
+        comp["weights_trainable"] = wbytes * total_params
+        add("bf16" if wbytes == 2 else "fp32", wbytes * total_params)
         # (tensor sizes, embedding?) for the optimizer rules
         tensors = [(shape.embedding, True)] + [(shape.lm_head, False)] * (shape.lm_head > 0) \
             + [(shape.linear_params(n), False) for n in LINEARS for _ in range(shape.layers)] \
             + [(shape.hidden, False)] * (2 * shape.layers + 1)
-        if half:
+        if half and not lean:
             cached = linears + (shape.vocab * shape.hidden)  # lm_head (tied or not) is a Linear
             comp["autocast_copies"] = 2 * cached
     elif method in ("lora", "qlora"):
@@ -559,7 +614,15 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
         raise UserError(f"method must be full, lora or qlora, got {method!r}")
 
     comp["gradients"] = 4 * trainable
-    if config.optimizer == "adamw_torch":
+    if lean:
+        from .lean_optimizer import CHUNK_ELEMENTS, MIN_8BIT_SIZE, QUANT_BLOCK
+        # A tied head's gradient is made at the end of backward (loss.SharedHeadGradient, defer),
+        # counted in the late floor below; an untied head's in the loss's forward.
+        comp["gradients"] = 0 if shape.tied_embeddings else wbytes * shape.vocab * shape.hidden
+        comp["optimizer_state"] = sum(8 * n if n < MIN_8BIT_SIZE else 2 * n + 2 * 4 * math.ceil(n / QUANT_BLOCK)
+                                      for n, _ in tensors)
+        comp["optimizer_temp"] = int(c.lean_scratch_copies * 4 * min(CHUNK_ELEMENTS, max(n for n, _ in tensors)))
+    elif config.optimizer == "adamw_torch":
         comp["optimizer_state"] = 8 * trainable
         comp["optimizer_temp"] = 4 * (trainable if device == "cuda" else max(n for n, _ in tensors))
     elif config.optimizer == "adamw_8bit":
@@ -570,8 +633,9 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
             else:
                 state += 2 * n + 2 * 4 * math.ceil(n / c.adam8bit_block)
         comp["optimizer_state"] = state
-    elif config.optimizer != "sgd":
-        raise UserError(f"optimizer must be adamw_torch, adamw_8bit or sgd, got {config.optimizer!r}")
+    elif config.optimizer not in ("sgd", "adamw_lean"):
+        raise UserError(f"optimizer must be auto, adamw_torch, adamw_8bit, adamw_lean or sgd, "
+                        f"got {config.optimizer!r}")
 
     seq = min(seq_len, config.max_seq_len) if seq_len else config.max_seq_len
     tokens = min(tokens_per_batch, config.batch_size * seq) if tokens_per_batch else config.batch_size * seq
@@ -589,10 +653,15 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
         # the end of backward (the embedding's dense gradient summed into its gradient) and
         # 8-bit AdamW's 32-bit embedding update. This floor only wins when the embedding is big
         # next to the activations (a 1B model's 128k vocabulary at a short batch).
-        largest = 4 * max(n for n, _ in tensors)
-        copies = max(c.cpu_full_end_copies, c.cpu_adam8bit_step_copies if config.optimizer == "adamw_8bit" else 0)
-        late = c.cpu_process_baseline + comp["weights_trainable"] + comp["gradients"] \
-            + comp["optimizer_state"] + copies * largest
+        if lean:
+            late = c.cpu_process_baseline + comp["weights_trainable"] + comp["optimizer_state"] \
+                + c.cpu_lean_end_copies * wbytes * max(n for n, _ in tensors)
+        else:
+            largest = 4 * max(n for n, _ in tensors)
+            copies = max(c.cpu_full_end_copies,
+                         c.cpu_adam8bit_step_copies if config.optimizer == "adamw_8bit" else 0)
+            late = c.cpu_process_baseline + comp["weights_trainable"] + comp["gradients"] \
+                + comp["optimizer_state"] + copies * largest
         comp["optimizer_temp"] += max(0, late - sum(comp.values()))
 
     load_peak = None
@@ -600,7 +669,8 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
         # The peak may come while loading, before any training: see `cpu_load_peak_bytes`.
         # QLoRA quantizes from the mapped file, reading every page of it, whatever the dtypes
         loaded = "4-bit" if method == "qlora" else \
-            "float32" if method == "full" or not half else "bfloat16" if precision == "bf16" else "float16"
+            ("bfloat16" if wbytes == 2 else "float32") if method == "full" else \
+            "float32" if not half else "bfloat16" if precision == "bf16" else "float16"
         load_peak = cpu_load_peak_bytes(shape, comp, c, loaded_dtype=loaded)
         comp["runtime_overhead"] += max(0, load_peak - sum(comp.values()))
 
@@ -727,7 +797,9 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     hidden, other, _ = elements
     half = precision in ("bf16", "fp16")
     act = 2 if half else 4
-    residual = 4 if (not half or config.method == "full") else 2
+    full_fp32 = config.method == "full" and not (config.optimizer == "adamw_lean"
+                                                  and lean_weight_bytes(precision) == 2)
+    residual = 4 if (not half or full_fp32) else 2
     mask = c.mask_bytes / (2 if half else 1)
     h = shape.hidden
     seq = seq or config.max_seq_len
@@ -835,7 +907,11 @@ def _candidates(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
     if not config.activation_checkpointing:
         out.append(("turn on activation checkpointing (~20-30% slower, same result)",
                     {"activation_checkpointing": True}))
-    if config.method == "full" and config.optimizer == "adamw_torch":
+    if config.method == "full" and config.optimizer in ("auto", "adamw_torch", "adamw_8bit") \
+            and lean_optimizer_allowed(config):
+        out.append(("use adamw_lean: bf16 weights, 8-bit state, each weight updated in backward "
+                    "(no gradient clipping)", {"optimizer": "adamw_lean"}))
+    if config.method == "full" and config.optimizer in ("auto", "adamw_torch"):
         out.append(("use the 8-bit AdamW optimizer (adamw_8bit)", {"optimizer": "adamw_8bit"}))
     if config.method == "full" and config.precision != "fp32":
         # bf16/fp16 autocast keeps a half-precision copy of every trainable weight for the step
@@ -861,14 +937,14 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
     """When `config` will not fit (or is tight), changes that lower its forecast, each with its
     new forecast. `available`: bytes, or the tuple `available_memory` returns.
 
-    Candidates (cheapest first): activation checkpointing, adamw_8bit (full), half the batch
+    Candidates (cheapest first): activation checkpointing, adamw_lean and adamw_8bit (full), half the batch
     with double grad_accum, lora instead of full / qlora instead of lora, half the max_seq_len.
     Only changes that change something and lower the total are kept. If some make the run
     `fits`, only those are returned; else those that make it `tight`; else every lowering
     change, followed by all of them combined."""
     shape = shape or model_shape(config.model)
     device = available[0] if isinstance(available, tuple) else None
-    base = forecast(config, shape, device, constants, seq_len=seq_len)
+    base = forecast(config, shape, device, constants, seq_len=seq_len, available=available)
     if verdict(base, available, constants) in ("fits", "unknown"):
         return []
     lowering = []
@@ -876,7 +952,7 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
         new = config.replace(**change)
         if new == config:
             continue
-        fc = forecast(new, shape, base.device, constants, seq_len=seq_len)
+        fc = forecast(new, shape, base.device, constants, seq_len=seq_len, available=available)
         if fc.total_bytes < base.total_bytes:
             lowering.append((desc, new, fc))
     for good in ("fits", "tight"):
@@ -890,7 +966,7 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
                                            ("activation_checkpointing", "optimizer", "batch_size",
                                             "grad_accum", "method", "max_seq_len", "precision")
                                            if getattr(new, k) != getattr(config, k)})
-        fc = forecast(combined, shape, base.device, constants, seq_len=seq_len)
+        fc = forecast(combined, shape, base.device, constants, seq_len=seq_len, available=available)
         if fc.total_bytes < min(s[2].total_bytes for s in lowering):
             lowering.append(("all of the above together", combined, fc))
     return lowering
@@ -920,7 +996,7 @@ def plan(config: RunConfig, methods: list[str], device: str | None = None,
     }
     for method in methods:
         cfg = config.replace(method=method)
-        fc = forecast(cfg, shape, avail[0], seq_len=seq_len)
+        fc = forecast(cfg, shape, avail[0], seq_len=seq_len, available=avail)
         out["methods"][method] = {
             **fc.to_dict(), "verdict": verdict(fc, avail),
             "suggestions": [{"change": d, "total_mib": round(f.total_mib, 1), "needed_mib": round(f.needed_mib, 1),

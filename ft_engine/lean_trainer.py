@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from .loss import fused_cuda_loss_available, fused_cuda_loss_sum, linear_cross_entropy_sum
+from .lean_optimizer import AdamWInBackward
+from .loss import (SharedHeadGradient, fused_cuda_loss_available, fused_cuda_loss_sum, linear_cross_entropy_sum,
+                   tied_embedding)
 from .render import IGNORE_INDEX
 
 # Config attributes that change logits after the head (Gemma's soft-capping, Cohere's scale):
@@ -37,30 +39,61 @@ def plain_head(lm: nn.Module) -> bool:
             and not any(getattr(lm.config, a, None) for a in _HEAD_EXTRAS))
 
 
+def trains_tied_embedding(lm: nn.Module) -> bool:
+    """The output head is the (plain) input embedding's weight, and it trains (full
+    fine-tuning of SmolLM2, Llama 3.2 1B/3B...)."""
+    head, emb = lm.get_output_embeddings(), lm.get_input_embeddings()
+    return (head is not None and type(emb) is nn.Embedding and head.weight is emb.weight
+            and emb.weight.requires_grad and torch.is_grad_enabled())
+
+
+def packed_loss_sum(model: nn.Module, lm: nn.Module, inputs: dict,
+                    defer_head_gradient: bool = False) -> tuple[torch.Tensor, int]:
+    """(summed loss over trained tokens, their number) for one packed batch (packing.py).
+    `model` is what is trained (maybe peft-wrapped), `lm` the *ForCausalLM inside it.
+    defer_head_gradient: a trained tied head's gradient is made at the end of backward, not in
+    the loss's forward (loss.SharedHeadGradient: less memory, one more head matmul)."""
+    targets = inputs["shift_labels"]
+    if not plain_head(lm):
+        logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+                       use_cache=False).logits.float()
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                           ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss, int((targets != IGNORE_INDEX).sum())
+    decoder, weight = lm.get_decoder(), lm.get_output_embeddings().weight
+    if trains_tied_embedding(lm) and not fused_cuda_loss_available(weight.device):
+        # one vocabulary-sized gradient for the shared weight, not three (loss.tied_embedding)
+        shared = SharedHeadGradient(defer=defer_head_gradient)
+        embeds = tied_embedding(inputs["input_ids"], lm.get_input_embeddings(), shared)
+        hidden = decoder(inputs_embeds=embeds, position_ids=inputs["position_ids"], use_cache=False).last_hidden_state
+        return linear_cross_entropy_sum(hidden, weight, targets, shared)
+    hidden = decoder(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+                     use_cache=False).last_hidden_state
+    loss_fn = fused_cuda_loss_sum if fused_cuda_loss_available(hidden.device) else linear_cross_entropy_sum
+    return loss_fn(hidden, weight, targets)
+
+
 class LeanTrainer(Trainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, defer_head_gradient: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.defer_head_gradient = defer_head_gradient  # see packed_loss_sum
         # Our compute_loss divides by num_items_in_batch; make the Trainer count it (from the
         # batch's shift_labels) and not divide again by the accumulation steps.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = None
 
     def _loss_sum(self, model, inputs) -> tuple[torch.Tensor, int]:
-        """(summed loss over trained tokens, their number) for one packed batch."""
-        targets = inputs["shift_labels"]
-        lm = causal_lm(self.accelerator.unwrap_model(model))
         with self.accelerator.autocast():
-            if plain_head(lm):
-                hidden = lm.get_decoder()(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
-                                          use_cache=False).last_hidden_state
-                loss_fn = fused_cuda_loss_sum if fused_cuda_loss_available(hidden.device) \
-                    else linear_cross_entropy_sum
-                return loss_fn(hidden, lm.get_output_embeddings().weight, targets)
-            logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
-                           use_cache=False).logits.float()
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                               ignore_index=IGNORE_INDEX, reduction="sum")
-            return loss, int((targets != IGNORE_INDEX).sum())
+            return packed_loss_sum(model, causal_lm(self.accelerator.unwrap_model(model)), inputs,
+                                   self.defer_head_gradient)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """With adamw_lean the Trainer has no gradient norm (it clips nothing): log the one the
+        optimizer measured while it stepped."""
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        if "grad_norm" in logs and isinstance(inner, AdamWInBackward) and inner.last_grad_norm is not None:
+            logs["grad_norm"] = inner.last_grad_norm
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:  # tokens/s counts real tokens only: the padding tail is not work

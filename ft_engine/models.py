@@ -261,8 +261,11 @@ def build_model(config: RunConfig) -> tuple[PreTrainedModel, ModelInfo]:
 
     if config.method == "full":
         # Master weights stay fp32 even with bf16/fp16: the Trainer autocasts the matmuls,
-        # and AdamW updates on fp32 so small steps are not rounded away.
-        model = load_base_model(config, torch.float32)
+        # and AdamW updates on fp32 so small steps are not rounded away. adamw_lean keeps bf16
+        # weights in a bf16 run instead: it rounds its updates stochastically
+        # (lean_optimizer.py). `auto` must be resolved before (training.py): here it is adamw_torch.
+        lean_bf16 = config.optimizer == "adamw_lean" and precision == "bf16"
+        model = load_base_model(config, torch.bfloat16 if lean_bf16 else torch.float32)
         if config.activation_checkpointing:
             model.activation_checkpointing_enable(NON_REENTRANT)
     elif config.method == "lora":

@@ -13,6 +13,7 @@ the job is meant to be read from outside.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -32,6 +33,7 @@ from .config import RunConfig
 from .data import load_examples
 from .errors import UserError, hide_tokens
 from .models import build_model, check_max_seq_len, load_tokenizer, resolve_precision
+from .lean_optimizer import AdamWInBackward
 from .lean_trainer import LeanTrainer
 from .packing import PackedBatch
 from .render import EncodedData, encode_all
@@ -171,25 +173,34 @@ class TrainingJob:
         status.json (and the log), and the returned status says `failed`."""
         if self.run_dir is None or self.encoded is None:
             self.prepare()
-        run, cfg = self.run_dir, self.config
+        run = self.run_dir
         model = trainer = None
         status = Status.FAILED
         try:
+            # `optimizer: auto` is decided once, here, from the memory free now
+            # (forecast.resolve_optimizer); config.yaml keeps `auto`, status.json the choice.
+            self.config = cfg = self.config.replace(optimizer=self._resolve_optimizer())
             run.write_status(status=Status.RUNNING, started_at=utc_now(), error=None, ended_at=None,
-                             **self._forecast())
-            memory.reset_peak()
-            set_seed(cfg.seed)
-            model, info = build_model(cfg)
-            run.write_status(total_params=info.total_params, trainable_params=info.trainable_params,
-                             precision=info.precision, device=info.device)
-            trainer = self._trainer(model)
-            if self.stop_event.is_set():  # stopped while loading: don't start a step
-                status = Status.STOPPED
-            else:
-                trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
-                if trainer.eval_dataset is not None:
-                    trainer.evaluate()
-                status = Status.STOPPED if self.stop_event.is_set() else Status.COMPLETED
+                             optimizer=cfg.optimizer, **self._forecast())
+            if cfg.optimizer == "adamw_lean" and cfg.max_grad_norm > 0:
+                self.event("optimizer", f"adamw_lean updates each weight during backward, before the "
+                                        f"global gradient norm is known: max_grad_norm {cfg.max_grad_norm} "
+                                        f"is not applied (no clipping)")
+            memory_first = cfg.optimizer == "adamw_lean" and not torch.cuda.is_available()
+            with memory.cpu_blocks_returned_when_freed() if memory_first else contextlib.nullcontext():
+                memory.reset_peak()
+                set_seed(cfg.seed)
+                model, info = build_model(cfg)
+                run.write_status(total_params=info.total_params, trainable_params=info.trainable_params,
+                                 precision=info.precision, device=info.device)
+                trainer = self._trainer(model)
+                if self.stop_event.is_set():  # stopped while loading: don't start a step
+                    status = Status.STOPPED
+                else:
+                    trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
+                    if trainer.eval_dataset is not None:
+                        trainer.evaluate()
+                    status = Status.STOPPED if self.stop_event.is_set() else Status.COMPLETED
             self._save_result(model)
             self.event(status.value, "what was trained so far is saved" if status == Status.STOPPED
                        else "result saved", _step(trainer))
@@ -243,6 +254,8 @@ class TrainingJob:
         eval_ds = Dataset.from_list(rows[:n_val]) if n_val else None
         precision = resolve_precision(cfg)
         save = cfg.checkpoint_steps > 0
+        lean = cfg.optimizer == "adamw_lean"
+        clip = 0.0 if lean else cfg.max_grad_norm  # 0 = no clipping; adamw_lean cannot clip (see run())
         args = TrainingArguments(
             output_dir=str(run.path / CHECKPOINTS_DIR),
             per_device_train_batch_size=cfg.batch_size,
@@ -254,8 +267,8 @@ class TrainingJob:
             lr_scheduler_type=cfg.scheduler,
             warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
             weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,
-            optim=trainer_optimizer(cfg.optimizer, torch.cuda.is_available()),
+            max_grad_norm=clip,
+            optim=trainer_optimizer("adamw_torch" if lean else cfg.optimizer, torch.cuda.is_available()),
             logging_steps=cfg.logging_steps,
             save_strategy="steps" if save else "no",
             save_steps=cfg.checkpoint_steps if save else 500,
@@ -279,11 +292,41 @@ class TrainingJob:
         # lanes no longer than the batch's longest row (packing.py says why).
         collator = PackedBatch(self.tokenizer.pad_token_id,
                                single_lane=model.config._attn_implementation == "flash_attention_2")
+        # adamw_lean is built here (the Trainer does not know it); the Trainer still makes the
+        # LR schedule for it and saves and restores its state with checkpoints.
+        optimizer = AdamWInBackward(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                    seed=cfg.seed) if lean else None
         trainer = LeanTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                               data_collator=collator, processing_class=self.tokenizer,
-                              callbacks=[_RunCallback(self)])
+                              callbacks=[_RunCallback(self)], optimizers=(optimizer, None),
+                              defer_head_gradient=lean)  # adamw_lean: memory first
         trainer.remove_callback(PrinterCallback)  # our callback logs; don't print dicts to stdout
         return trainer
+
+    def _resolve_optimizer(self) -> str:
+        """`auto` → the optimizer the memory free now allows (forecast.resolve_optimizer); a
+        model the forecast does not know keeps adamw_torch."""
+        from .forecast import available_memory, model_shape, resolve_optimizer
+        if self.config.optimizer != "auto":
+            return self.config.optimizer
+        longest, heaviest = self._batch_extent()
+        try:
+            chosen = resolve_optimizer(self.config, model_shape(self.config.model), available=available_memory(),
+                                       seq_len=longest, tokens_per_batch=heaviest)
+        except UserError as e:
+            log.info("optimizer auto is adamw_torch for run %s: no forecast (%s)", self.run_dir.run_id, e)
+            return "adamw_torch"
+        if chosen != "adamw_torch":
+            self.event("optimizer", f"optimizer auto chose {chosen}: full fine-tuning with fp32 AdamW "
+                                    f"would not fit the memory free now")
+        return chosen
+
+    def _batch_extent(self) -> tuple[int, int | None]:
+        """(the data's longest row, the most tokens one batch can hold): a batch is padding-free,
+        so max_seq_len alone would overstate what it costs."""
+        lengths = sorted((len(r.input_ids) for r in self.encoded.rows), reverse=True)
+        longest = lengths[0] if lengths else self.config.max_seq_len
+        return longest, sum(lengths[:self.config.batch_size]) or None
 
     def _save_result(self, model) -> None:
         """adapter/ (peft format) for LoRA/QLoRA, model/ (safetensors) for full; with tokenizer.
@@ -301,15 +344,13 @@ class TrainingJob:
         shutil.rmtree(old, ignore_errors=True)
 
     def _forecast(self) -> dict[str, Any]:
-        """The memory forecast for this run, with the data's real longest row (batches are
-        padded to their own longest row, so max_seq_len alone would overstate it). Written to
+        """The memory forecast for this run, with the data's real longest row and heaviest
+        batch (`_batch_extent`). Written to
         status.json and into every metrics row so prediction and measurement sit together.
         A model the forecast does not know (not a Llama-style decoder) trains anyway: the
         reason is recorded instead of a number."""
         from .forecast import forecast, model_shape
-        lengths = sorted((len(r.input_ids) for r in self.encoded.rows), reverse=True)
-        longest = lengths[0] if lengths else self.config.max_seq_len
-        heaviest = sum(lengths[:self.config.batch_size]) or None  # no batch can hold more tokens
+        longest, heaviest = self._batch_extent()
         try:
             fc = forecast(self.config, model_shape(self.config.model), seq_len=longest,
                           tokens_per_batch=heaviest)
@@ -387,7 +428,11 @@ def resume_job(run_dir: str | Path | RunDir) -> TrainingJob:
     step = int(last.name.split("-")[-1])
     kept = [r for r in run.read_metrics() if r.get("step", 0) <= step]
     atomic_write_text(run.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
-    job = TrainingJob(run.read_config(), run_dir=run)
+    config = run.read_config()
+    if config.optimizer == "auto" and status.get("optimizer"):
+        # the optimizer the run started with: its checkpointed state only loads into the same one
+        config = config.replace(optimizer=status["optimizer"])
+    job = TrainingJob(config, run_dir=run)
     job.resume_from = last
     job.elapsed_before = kept[-1]["elapsed_s"] if kept else 0.0
     job.prepare()

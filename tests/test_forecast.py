@@ -314,7 +314,7 @@ def plan_cli(*args):
 
 def test_plan_llama_1b_json_all_methods():
     r = plan_cli("--model", "llama-3.2-1b-shape", "--method", "all", "--batch-size", 4, "--max-seq-len", 512,
-                 "--json")
+                 "--optimizer", "adamw_torch", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     m = report["methods"]
@@ -381,7 +381,7 @@ def test_verdict_thresholds():
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_suggestions_lower_the_total(method):
     shape = model_shape("llama-3.2-1b-shape")
-    cfg = RunConfig(method=method, batch_size=8, max_seq_len=1024)
+    cfg = RunConfig(method=method, batch_size=8, max_seq_len=1024, optimizer="adamw_torch")
     for device in ("cpu", "cuda"):
         base = forecast(cfg, shape, device)
         available = (device, int(base.needed_bytes * 0.7), "fake")
@@ -404,7 +404,7 @@ def test_full_fine_tuning_in_half_precision_is_offered_fp32():
     training in fp32 is among the changes that lower the forecast (fp32 activations weigh
     twice as much, less than the copies on a 1B model at 1 x 512)."""
     shape = model_shape("llama-3.2-1b-shape")
-    cfg = RunConfig(method="full", batch_size=1, max_seq_len=512, precision="bf16")
+    cfg = RunConfig(method="full", batch_size=1, max_seq_len=512, precision="bf16", optimizer="adamw_torch")
     base = forecast(cfg, shape, "cpu")
     found = {desc: fc for desc, new, fc in suggestions(cfg, shape, ("cpu", 1024 * MIB, "fake"))
              if new.precision == "fp32" and new.replace(precision="bf16") == cfg}

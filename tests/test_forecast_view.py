@@ -118,3 +118,18 @@ def test_api_start_is_refused_then_started_anyway(tiny_model, chat_file, tmp_pat
     assert started["run_id"]
     studio.worker.wait_idle(timeout=120)
     assert studio.run(started["run_id"]).read_status()["status"] == "completed"
+
+
+def test_the_train_tab_says_what_optimizer_auto_becomes(tiny_model, chat_file):
+    """A full fine-tune whose fp32 AdamW forecast does not fit: auto becomes adamw_lean, the
+    forecast shown is adamw_lean's, and the verdict line says so; with room to spare auto stays
+    fp32 AdamW and nothing is said."""
+    shape = model_shape(tiny_model)
+    config = cfg(tiny_model, chat_file, method="full")
+    plain = forecast(config.replace(optimizer="adamw_torch"), shape, "cpu").needed_bytes
+    lean = forecast(config.replace(optimizer="adamw_lean"), shape, "cpu").needed_bytes
+    view = memory_view(config, available=("cpu", plain - 1, "test RAM"))
+    assert view.auto_optimizer == "adamw_lean" and view.needed_mib["full"] == pytest.approx(lean / MIB)
+    assert "**adamw_lean**" in verdict_markdown(view)
+    roomy = memory_view(config, available=("cpu", 100 * GIB, "test RAM"))
+    assert roomy.auto_optimizer == "adamw_torch" and "adamw_lean" not in verdict_markdown(roomy)

@@ -115,6 +115,40 @@ def test_packed_loss_and_gradients_equal_rows_one_by_one(tiny_model, data_files,
         assert torch.allclose(g, r, atol=1e-4, rtol=1e-3), float((g - r).abs().max())
 
 
+@pytest.fixture(scope="module")
+def tied_model(tmp_path_factory) -> str:
+    from tiny_model import make_tiny_model
+    return str(make_tiny_model(tmp_path_factory.mktemp("tied") / "model", tied=True))
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_a_tied_embedding_gets_the_plain_gradient_in_one_buffer(tied_model, data_files, tmp_path, defer):
+    """Full fine-tuning of a model whose head is its embedding (SmolLM2, Llama 3.2 1B): the
+    packed loss hands the head's gradient to the embedding's backward (loss.tied_embedding),
+    made in the loss's forward or (defer, adamw_lean) at the end of backward, and every
+    gradient, the shared weight's included, equals the plain model's rows one by one."""
+    from ft_engine.lean_trainer import packed_loss_sum, trains_tied_embedding
+    cfg = RunConfig(model=tied_model, method="full", data=str(data_files["chat"]), runs_dir=str(tmp_path),
+                    precision="fp32")
+    model, _ = build_model(cfg)
+    model.train()
+    lm = causal_lm(model)
+    assert lm.get_output_embeddings().weight is lm.get_input_embeddings().weight and trains_tied_embedding(lm)
+    tok, rows = _rows(tied_model, data_files["chat"])
+    params = list(model.parameters())
+    total, count = 0.0, 0
+    for r in rows:
+        s, n = _sum_and_count(model, r["input_ids"], r["labels"])
+        total, count = total + s, count + n
+    ref_grads = torch.autograd.grad(total / count, params)
+
+    s, n = packed_loss_sum(model, lm, PackedBatch(tok.pad_token_id)(rows), defer_head_gradient=defer)
+    assert n == count
+    grads = torch.autograd.grad(s / n, params)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-4, rtol=1e-3), float((g - r).abs().max())
+
+
 def test_with_the_cache_on_attention_would_cross_rows(tiny_model, data_files, tmp_path):
     """Why the engine runs with use_cache=False: with a cache, transformers ignores the
     packed position_ids and lets rows attend to the rows before them in the lane."""

@@ -37,7 +37,8 @@ def make_tokenizer(vocab_size: int = 400):
                                    bos_token=None, chat_template=CHATML)
 
 
-def make_tiny_model(folder: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def make_tiny_model(folder: Path, hidden: int = 64, layers: int = 2, seed: int = 0, tied: bool = False) -> Path:
+    """tied: the output head shares the embedding's weight (as SmolLM2 and Llama 3.2 1B do)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -46,7 +47,7 @@ def make_tiny_model(folder: Path, hidden: int = 64, layers: int = 2, seed: int =
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, tie_word_embeddings=False,
+        max_position_embeddings=512, tie_word_embeddings=tied,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
     model = LlamaForCausalLM(config)

@@ -58,6 +58,7 @@ class MemoryView:
     verdicts: dict[str, str]
     seq_len: int
     fixes: list[Fix] = field(default_factory=list)
+    auto_optimizer: str | None = None            # what `optimizer: auto` becomes for this method, here
 
     @property
     def verdict(self) -> str:
@@ -76,7 +77,8 @@ def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -
     shape = model_shape(config.model)  # UserError for unknown or unsupported models
     avail = available or available_memory()
     device = avail[0]
-    forecasts = {m: forecast(config.replace(method=m), shape, device, seq_len=seq_len) for m in METHOD_ORDER}
+    forecasts = {m: forecast(config.replace(method=m), shape, device, seq_len=seq_len, available=avail)
+                 for m in METHOD_ORDER}
     verdicts = {m: verdict(fc, avail) for m, fc in forecasts.items()}
     groups = {m: {g: sum(fc.components[k] for k in keys) / MIB for g, keys in GROUPS.items()}
               for m, fc in forecasts.items()}
@@ -90,7 +92,8 @@ def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -
                       available_mib=None if avail[1] is None else avail[1] / MIB, available_label=avail[2],
                       needed_mib={m: fc.needed_bytes / MIB for m, fc in forecasts.items()},
                       groups_mib=groups, verdicts=verdicts,
-                      seq_len=chosen.details["seq_len"], fixes=fixes)
+                      seq_len=chosen.details["seq_len"], fixes=fixes,
+                      auto_optimizer=chosen.details["optimizer"] if config.optimizer == "auto" else None)
 
 
 def longest_row(data_path: str | None, model: str, data_format: str = "auto") -> int | None:
@@ -133,6 +136,11 @@ def verdict_markdown(view: MemoryView) -> str:
     if view.available_mib is None:
         return line + f"free memory is unknown here ({view.available_label})."
     line += f"**{_gib(view.available_mib)}** is free → **{view.verdict}**."
+    if view.auto_optimizer == "adamw_lean":
+        line += ("\n\nOptimizer *auto* → **adamw_lean**: fp32 AdamW would not fit, so the weights train "
+                 "in bf16 with 8-bit optimizer state, each updated during backward (no gradient clipping).")
+    elif view.auto_optimizer == "adamw_8bit":
+        line += "\n\nOptimizer *auto* → **adamw_8bit**: fp32 AdamW would not fit."
     if view.verdict == "will not fit":
         line += ("\n\nStart is refused: this run would run out of memory. Apply a fix below, or tick "
                  "*Start anyway*.")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import gradio as gr
 
-from ft_engine.config import FIELD_DOCS, RunConfig
+from ft_engine.config import FIELD_DOCS, ComputeDtype, Optimizer, Precision, QuantType, RunConfig, Scheduler
 from ft_engine.errors import UserError
 
 from .context import Studio
@@ -46,12 +46,12 @@ def _widget(name: str, value: Any) -> gr.components.Component:
     """One proper widget per RunConfig field; its help text is the field's own documentation."""
     info = FIELD_DOCS[name]
     label = name.replace("_", " ").capitalize()
-    choices = {
-        "scheduler": ["linear", "cosine", "constant", "constant_with_warmup"],
-        "optimizer": ["adamw_torch", "adamw_8bit", "sgd"],
-        "quant_type": ["nf4", "fp4"],
-        "compute_dtype": ["auto", "float32", "bfloat16", "float16"],
-        "precision": ["auto", "fp32", "bf16", "fp16"],
+    choices = {  # the RunConfig's own Literal types: a new value appears here by itself
+        "scheduler": list(get_args(Scheduler)),
+        "optimizer": list(get_args(Optimizer)),
+        "quant_type": list(get_args(QuantType)),
+        "compute_dtype": list(get_args(ComputeDtype)),
+        "precision": list(get_args(Precision)),
     }
     if name in choices:
         return gr.Dropdown(choices[name], value=value, label=label, info=info)
