@@ -35,7 +35,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ALL_LINEAR, RunConfig
+from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
 from .errors import UserError
 
 MIB = 1024 * 1024
@@ -475,6 +475,21 @@ def lean_optimizer_allowed(config: RunConfig) -> bool:
     return config.grad_accum == 1 and config.precision != "fp16"
 
 
+def local_model(model: str) -> bool:
+    """The bundled model or a local folder (QLoRA reads those with pread; a hub model is
+    memory-mapped by transformers). Decided without importing torch, as models.model_source."""
+    return model == BUNDLED_MODEL or Path(model).expanduser().is_dir()
+
+
+def memory_first(config: RunConfig, device: str) -> bool:
+    """A CPU run that has chosen memory over speed (activation checkpointing, or adamw_lean):
+    it trains with glibc returning every block of 1 MiB or more to the OS when freed
+    (memory.cpu_blocks_returned_when_freed), so the freed memory glibc would otherwise keep
+    (cpu_layer_factor_*, cpu_ckpt_retained_*) is not there. `auto` optimizers must be resolved."""
+    return device == "cpu" and (config.activation_checkpointing
+                                or (config.method == "full" and config.optimizer == "adamw_lean"))
+
+
 def resolve_optimizer(config: RunConfig, shape: ModelShape | None = None, device: str | None = None,
                       available=None, constants: Constants = DEFAULTS, *, seq_len: int | None = None,
                       tokens_per_batch: int | None = None) -> str:
@@ -667,8 +682,9 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     load_peak = None
     if device == "cpu":
         # The peak may come while loading, before any training: see `cpu_load_peak_bytes`.
-        # QLoRA quantizes from the mapped file, reading every page of it, whatever the dtypes
-        loaded = "4-bit" if method == "qlora" else \
+        # QLoRA quantizes a hub model from the mapped file, reading every page of it, whatever
+        # the dtypes; a local folder's tensors are read one by one (models.read_not_mapped)
+        loaded = ("4-bit (read, not mapped)" if local_model(config.model) else "4-bit") if method == "qlora" else \
             ("bfloat16" if wbytes == 2 else "float32") if method == "full" else \
             "float32" if not half else "bfloat16" if precision == "bf16" else "float16"
         load_peak = cpu_load_peak_bytes(shape, comp, c, loaded_dtype=loaded)
@@ -708,6 +724,10 @@ def cpu_load_peak_bytes(shape: ModelShape, comp: dict[str, int], c: Constants = 
     second copy (Llama-3.2-1B shape, bf16 file, bf16 LoRA base, 1x256: 3,910 MiB measured
     against the 5,347 this formula gave with the file counted, 2026-12-02)."""
     weights = comp["weights_frozen"] + comp["weights_trainable"] + comp["quant_constants"]
+    if loaded_dtype == "4-bit (read, not mapped)":
+        # QLoRA from a local folder: each tensor read with pread while it is quantized
+        # (models.read_not_mapped), nothing of the file stays resident
+        return c.cpu_process_baseline + weights
     file_pages = shape.checkpoint_bytes if shape.checkpoint_dtype != loaded_dtype else 0
     if loaded_dtype == "4-bit":
         file_pages += int(c.cpu_qlora_load_transient * shape.checkpoint_bytes)
@@ -810,19 +830,20 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     final = tokens * h * residual * (c.act_final_h_trainable if config.method == "full"
                                      else c.act_final_h_frozen)
     factor, heap = 1.0, False
+    returned = memory_first(config, device)  # big blocks go back to the OS: no allocator extra
     if config.method == "full":
         backward = c.backward_layers
     elif device == "cpu":
         backward = c.cpu_backward_layers_frozen
         largest = 4 * max(shape.linear_params(n) for n in LINEARS)  # its dequantized fp32 copy
-        heap = config.method == "qlora" and largest < c.cpu_mmap_threshold_max
+        heap = config.method == "qlora" and largest < c.cpu_mmap_threshold_max and not returned
         lora_factor = c.cpu_layer_factor_lora_half if half else c.cpu_layer_factor_lora
-        factor = c.cpu_layer_factor_qlora if heap else lora_factor
+        factor = 1.0 if returned else c.cpu_layer_factor_qlora if heap else lora_factor
     else:
         backward = c.backward_layers_frozen
     if config.activation_checkpointing:
         total = shape.layers * tokens * h * residual + (factor + backward) * per_layer + final
-        if device == "cpu" and config.method != "full":
+        if device == "cpu" and config.method != "full" and not returned:
             retained = c.cpu_ckpt_retained_lora if config.method == "lora" else \
                 c.cpu_ckpt_retained_qlora if heap else 0.0
             saturation = max(0.0, 1 - math.exp(-(shape.layers - c.cpu_ckpt_retained_from)

@@ -12,6 +12,7 @@ recipes), not in a class hierarchy:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -216,9 +217,51 @@ def load_base_model(config: RunConfig, dtype: torch.dtype, quantization=None) ->
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     try:
+        if quantization is not None and _safetensors_files(source):
+            # transformers takes a state_dict only without a model name: the config comes from
+            # the folder, the weights from read_not_mapped
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+            model_config = load_config(config.model)
+            with read_not_mapped(_safetensors_files(source)) as state_dict:
+                return MODEL_FOR_CAUSAL_LM_MAPPING[type(model_config)].from_pretrained(
+                    None, config=model_config, state_dict=state_dict, **kwargs)
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
         raise _hub_error(config.model, e) from e
+
+
+def _safetensors_files(source: str) -> list[Path]:
+    """The safetensors files of a local model folder (none for a hub id: those load as usual)."""
+    folder = Path(source)
+    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+
+
+class _NotCopied(dict):
+    """AutoModel*.from_pretrained deep-copies its keyword arguments; the lazy slices of an open
+    file cannot be copied (and need not be)."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+@contextlib.contextmanager
+def read_not_mapped(files: list[Path]):
+    """The tensors of `files`, as lazy slices read with pread when transformers asks for each.
+
+    transformers memory-maps checkpoints on Linux and keeps every file mapped until loading
+    ends: when the weights are converted on the way (quantized to 4 bits), every page read
+    stays resident beside the result. For the Llama-3.2-1B shape (2.36 GB bf16 file) QLoRA's
+    loading peaked at 3.9 GB where its training needs under 2 (bench/forecast_accuracy.py
+    --only 1b --only qlora, 2026-12-02). Read with pread, a tensor is in memory only while it
+    is being quantized."""
+    from safetensors import safe_open
+    with contextlib.ExitStack() as stack:
+        state_dict = _NotCopied()
+        for f in files:
+            handle = stack.enter_context(safe_open(str(f), framework="pt", device="cpu", backend="pread"))
+            for key in handle.keys():
+                state_dict[key] = handle.get_slice(key)
+        yield state_dict
 
 
 def attention_implementation(dtype: torch.dtype) -> str:
@@ -281,7 +324,8 @@ def build_model(config: RunConfig) -> tuple[PreTrainedModel, ModelInfo]:
     elif config.method == "qlora":
         from peft import get_peft_model
         model = load_base_model(config, resolve_compute_dtype(config), quantization=bnb_config(config))
-        _freeze_quantized(model, config.activation_checkpointing)
+        _freeze_quantized(model, config.activation_checkpointing,
+                          copy_out=not _safetensors_files(model_source(config.model)))
         model = get_peft_model(model, _checked_lora(config, model))
     else:  # validated earlier; kept so an unknown method can never silently train something
         raise UserError(f"method must be full, lora or qlora, got {config.method!r}")
@@ -311,20 +355,22 @@ def _keep_adapter_inputs_in_compute_dtype(model: PreTrainedModel) -> None:
             module.cast_input_dtype_enabled = False
 
 
-def _freeze_quantized(model: PreTrainedModel, checkpointing: bool) -> None:
+def _freeze_quantized(model: PreTrainedModel, checkpointing: bool, copy_out: bool = True) -> None:
     """What peft's prepare_model_for_kbit_training does, minus its cast of every non-4-bit
     weight to fp32: that cast makes Llama-3.2-1B's tied 128k × 2048 embedding 1 GiB, twice the
     4-bit decoder. Embedding, head and norms stay in the compute dtype (RMSNorm computes in
     fp32 internally whatever its weight's dtype). Checkpointing is the non-reentrant kind,
     which needs no grad-requiring input (peft's call falls back to the reentrant one).
 
-    The weights that are not quantized are copied out of the checkpoint: loaded in the file's
-    own dtype they are views of its memory map, and quantizing has read every page of it, so
-    the whole file would stay resident all through training (Llama-3.2-1B shape, bf16 file:
-    1.9 GB beside a 1 GB model, measured with bench/forecast_accuracy.py)."""
+    copy_out: the model was loaded from a memory-mapped checkpoint (a hub model; a local folder
+    is read with pread, see `read_not_mapped`). Its weights that are not quantized are then
+    copied out: loaded in the file's own dtype they are views of its memory map, and
+    quantizing has read every page of it, so the whole file would stay resident all through
+    training (Llama-3.2-1B shape, bf16 file: 1.9 GB beside a 1 GB model, measured with
+    bench/forecast_accuracy.py)."""
     for p in model.parameters():
         p.requires_grad_(False)
-        if p.dtype != torch.uint8:  # bitsandbytes packs 4-bit weights in uint8: those own their memory
+        if copy_out and p.dtype != torch.uint8:  # bitsandbytes packs 4-bit weights in uint8: those own their memory
             p.data = p.data.clone()  # ends this tensor's share of the checkpoint's memory map
     if checkpointing:
         model.activation_checkpointing_enable(NON_REENTRANT)

@@ -32,6 +32,7 @@ from . import memory
 from .config import RunConfig
 from .data import load_examples
 from .errors import UserError, hide_tokens
+from .forecast import memory_first
 from .models import build_model, check_max_seq_len, load_tokenizer, resolve_precision
 from .lean_optimizer import AdamWInBackward
 from .lean_trainer import LeanTrainer
@@ -186,8 +187,10 @@ class TrainingJob:
                 self.event("optimizer", f"adamw_lean updates each weight during backward, before the "
                                         f"global gradient norm is known: max_grad_norm {cfg.max_grad_norm} "
                                         f"is not applied (no clipping)")
-            memory_first = cfg.optimizer == "adamw_lean" and not torch.cuda.is_available()
-            with memory.cpu_blocks_returned_when_freed() if memory_first else contextlib.nullcontext():
+            # A CPU run that chose memory over speed (checkpointing, adamw_lean) also has glibc
+            # give back what it frees (forecast.memory_first, memory.LEAN_MMAP_THRESHOLD).
+            returned = memory_first(cfg, "cuda" if torch.cuda.is_available() else "cpu")
+            with memory.cpu_blocks_returned_when_freed() if returned else contextlib.nullcontext():
                 memory.reset_peak()
                 set_seed(cfg.seed)
                 model, info = build_model(cfg)

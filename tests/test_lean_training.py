@@ -321,3 +321,30 @@ def test_cpu_bf16_flag_is_read_from_cpuinfo(monkeypatch, tmp_path):
         hardware.cpu_has_native_bf16.cache_clear()
         assert hardware.cpu_has_native_bf16() is wanted
     hardware.cpu_has_native_bf16.cache_clear()
+
+
+def test_qlora_from_a_local_folder_is_read_not_mapped(tiny_model, data_files, tmp_path, monkeypatch):
+    """A local checkpoint is read tensor by tensor with pread for QLoRA (models.read_not_mapped),
+    so the file never stays resident while it is quantized; the 4-bit model is bit-identical to
+    the one transformers' own memory-mapped loading makes."""
+    from transformers import AutoModelForCausalLM
+
+    from ft_engine import models
+    cfg = RunConfig(model=tiny_model, method="qlora", data=str(data_files["chat"]), runs_dir=str(tmp_path),
+                    precision="fp32")
+    opened = []
+    real = models.read_not_mapped
+
+    def spy(files):
+        opened.extend(files)
+        return real(files)
+    monkeypatch.setattr(models, "read_not_mapped", spy)
+    ours = models.load_base_model(cfg, torch.float32, quantization=models.bnb_config(cfg))
+    assert opened and all(f.suffix == ".safetensors" for f in opened)
+    theirs = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32,
+                                                  quantization_config=models.bnb_config(cfg), device_map={"": "cpu"})
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys()
+    assert any(v.dtype == torch.uint8 for v in a.values())  # really quantized
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
