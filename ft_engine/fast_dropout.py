@@ -28,6 +28,7 @@ from torch import nn
 _LEVELS = 65536  # uint16 draws
 
 
+@torch.compiler.disable  # numpy's generator, not a graph: torch.compile must call it, not trace it
 def keep_mask(shape: torch.Size, p: float) -> np.ndarray:
     """A boolean numpy array of `shape`: True with probability 1 − p."""
     n = int(np.prod(shape))
