@@ -139,8 +139,9 @@ class RunConfig:
 
     # --- numerics ------------------------------------------------------------------------
     precision: Precision = "auto"
-    """`auto`: bf16 mixed precision on GPUs that support it, fp16 on older GPUs; on a CPU bf16
-    where it has bf16 instructions (AVX512-BF16 or AMX), else fp32."""
+    """`auto`: bf16 mixed precision on GPUs with bf16 tensor cores (compute capability 8.0+:
+    A100, L4, A10G, RTX 30/40), fp16 on older GPUs such as the T4; on a CPU bf16 where it has
+    bf16 instructions (AVX512-BF16 or AMX), else fp32."""
 
     # ------------------------------------------------------------------------------------
     def validate(self, *, check_paths: bool = True) -> "RunConfig":

@@ -426,7 +426,8 @@ def resolve_precision(config: RunConfig, device: str) -> str:
         from .hardware import cpu_has_native_bf16
         return "bf16" if cpu_has_native_bf16() else "fp32"
     import torch
-    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+    from .hardware import cuda_has_native_bf16
+    if torch.cuda.is_available() and not cuda_has_native_bf16():
         return "fp16"
     return "bf16"
 

@@ -39,6 +39,18 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# bf16 tensor cores arrived with compute capability 8.0 (Ampere: A100, A10G, L4, RTX 30xx/40xx).
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def cuda_has_native_bf16(device: int | None = None) -> bool:
+    """True when the GPU runs bf16 on tensor cores (compute capability >= 8.0). Not
+    torch.cuda.is_bf16_supported(): in torch 2.13 it also answers True on a T4 (7.5), where
+    bf16 is emulated without tensor cores and trains several times slower than fp16."""
+    import torch
+    return torch.cuda.get_device_capability(device) >= BF16_MIN_CAPABILITY
+
+
 def gpu_readings() -> list[GpuReading]:
     """One reading per NVIDIA GPU; [] when there is none (NVML missing or no driver)."""
     try:

@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
 from .errors import ConfigError, UserError
 from .fast_dropout import fuse_lora_dropout
-from .hardware import cpu_has_native_bf16
+from .hardware import cpu_has_native_bf16, cuda_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +177,14 @@ def check_max_seq_len(model: str, max_seq_len: int) -> None:
 # --- numerics -------------------------------------------------------------------------------
 
 def resolve_precision(config: RunConfig) -> str:
-    """`auto` → bf16 on GPUs that support it, fp16 on older GPUs; on a CPU, bf16 where it has
+    """`auto` → bf16 on GPUs with bf16 tensor cores (compute capability >= 8.0), fp16 with loss
+    scaling on older ones such as the T4 (hardware.cuda_has_native_bf16); on a CPU, bf16 where it has
     bf16 instructions (AVX512-BF16 or AMX: measured 2.2× faster matmuls than fp32 here, see
     hardware.cpu_has_native_bf16), else fp32 (emulated bf16 is slower than fp32)."""
     if config.precision != "auto":
         return config.precision
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_native_bf16() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 

@@ -221,7 +221,7 @@ def test_auto_resolution_rules(monkeypatch):
     assert resolve_optimizer(full.replace(optimizer="sgd"), shape, "cpu", little) == "sgd"
     # a T4 (no real bf16): fp16 with loss scaling, which the step in backward cannot unscale
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
     assert resolve_optimizer(full, shape, "cuda", ("cuda", 8 * GIB, "T4")) == "adamw_8bit"
     # the forecast follows the choice
     assert forecast(full, shape, "cpu", available=little).details["optimizer"] == "adamw_lean"
@@ -241,3 +241,19 @@ def test_forecast_of_a_1b_full_fine_tune_with_adamw_lean():
     assert 2 * P < lean.components["optimizer_state"] < 2.05 * P
     assert lean.components["autocast_copies"] == 0 == lean.components["gradients"]  # tied head: deferred
     assert lean_ckpt.total_bytes < 6 * GIB < lean.total_bytes < 16 * GIB < plain.total_bytes
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_on_a_gpu_goes_by_compute_capability(monkeypatch, capability, expected):
+    """A T4 (7.5) gets fp16 with loss scaling, not the bf16 torch emulates there (its
+    is_bf16_supported() says True); A100/L4 (8.x) and H100 (9.0) get bf16. QLoRA's compute dtype
+    follows, and the forecast decides the same (issue 10, 1)."""
+    from ft_engine import forecast as fcm
+    from ft_engine.models import resolve_compute_dtype, resolve_precision
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # torch 2.13 on a T4 too
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    cfg = RunConfig(method="qlora")
+    assert resolve_precision(cfg) == expected == fcm.resolve_precision(cfg, "cuda")
+    assert resolve_compute_dtype(cfg) == {"fp16": torch.float16, "bf16": torch.bfloat16}[expected]
+    assert resolve_precision(cfg.replace(precision="fp32")) == "fp32"  # an explicit choice stays
