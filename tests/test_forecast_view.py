@@ -133,3 +133,21 @@ def test_the_train_tab_says_what_optimizer_auto_becomes(tiny_model, chat_file):
     assert "**adamw_lean**" in verdict_markdown(view)
     roomy = memory_view(config, available=("cpu", 100 * GIB, "test RAM"))
     assert roomy.auto_optimizer == "adamw_torch" and "adamw_lean" not in verdict_markdown(roomy)
+
+
+def test_the_train_tab_says_what_precision_auto_becomes(tiny_model, chat_file, monkeypatch):
+    """On a CPU it follows its bf16 instructions; on a simulated T4 (compute capability 7.5)
+    fp16, on a simulated A100 bf16; an explicit precision is not explained (issue 10, 1)."""
+    import torch
+
+    from ft_engine.hardware import cpu_has_native_bf16
+    config = cfg(tiny_model, chat_file)
+    cpu = memory_view(config, available=("cpu", 100 * GIB, "test RAM"))
+    assert cpu.auto_precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert f"Precision *auto* → **{cpu.auto_precision}**" in verdict_markdown(cpu)
+    assert memory_view(config.replace(precision="fp32"), available=("cpu", 100 * GIB, "t")).auto_precision is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, expected in (((7, 5), "fp16"), ((8, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability, **k: c)
+        gpu = memory_view(config, available=("cuda", 16 * GIB, "GPU 0"))
+        assert gpu.auto_precision == expected and f"**{expected}**" in verdict_markdown(gpu)

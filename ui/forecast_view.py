@@ -59,6 +59,7 @@ class MemoryView:
     seq_len: int
     fixes: list[Fix] = field(default_factory=list)
     auto_optimizer: str | None = None            # what `optimizer: auto` becomes for this method, here
+    auto_precision: str | None = None            # what `precision: auto` becomes on this device
 
     @property
     def verdict(self) -> str:
@@ -93,7 +94,8 @@ def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -
                       needed_mib={m: fc.needed_bytes / MIB for m, fc in forecasts.items()},
                       groups_mib=groups, verdicts=verdicts,
                       seq_len=chosen.details["seq_len"], fixes=fixes,
-                      auto_optimizer=chosen.details["optimizer"] if config.optimizer == "auto" else None)
+                      auto_optimizer=chosen.details["optimizer"] if config.optimizer == "auto" else None,
+                      auto_precision=chosen.precision if config.precision == "auto" else None)
 
 
 def longest_row(data_path: str | None, model: str, data_format: str = "auto") -> int | None:
@@ -126,6 +128,16 @@ def _gib(mib: float) -> str:
     return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
 
 
+# Why `precision: auto` chose what it did (models.resolve_precision), by device.
+PRECISION_REASONS = {
+    ("cuda", "bf16"): "this GPU has bf16 tensor cores (compute capability 8.0 or more)",
+    ("cuda", "fp16"): "this GPU has no bf16 tensor cores (compute capability under 8.0, such as a T4), so fp16 "
+                      "with loss scaling",
+    ("cpu", "bf16"): "this CPU has bf16 instructions (AVX512-BF16 or AMX)",
+    ("cpu", "fp32"): "this CPU has no bf16 instructions (emulated bf16 would be slower than fp32)",
+}
+
+
 def verdict_markdown(view: MemoryView) -> str:
     """One line for the chosen method, plus what Start will do about it."""
     need = view.needed_mib[view.method]
@@ -136,6 +148,8 @@ def verdict_markdown(view: MemoryView) -> str:
     if view.available_mib is None:
         return line + f"free memory is unknown here ({view.available_label})."
     line += f"**{_gib(view.available_mib)}** is free → **{view.verdict}**."
+    if view.auto_precision:
+        line += f"\n\nPrecision *auto* → **{view.auto_precision}**: {PRECISION_REASONS[(view.device, view.auto_precision)]}."
     if view.auto_optimizer == "adamw_lean":
         line += ("\n\nOptimizer *auto* → **adamw_lean**: fp32 AdamW would not fit, so the weights train "
                  "in bf16 with 8-bit optimizer state, each updated during backward (no gradient clipping).")
