@@ -173,13 +173,7 @@ class RunConfig:
         need(self.checkpoints_kept >= 1, f"checkpoints_kept must be >= 1, got {self.checkpoints_kept}")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         if self.optimizer == "adamw_lean":
-            need(self.grad_accum == 1,
-                 f"optimizer adamw_lean updates each weight during backward, so it cannot accumulate "
-                 f"gradients over micro-batches: set grad_accum to 1 (raise batch_size instead) or use "
-                 f"adamw_8bit, got grad_accum={self.grad_accum}")
-            need(self.precision != "fp16",
-                 "optimizer adamw_lean cannot undo fp16 loss scaling (its step runs inside backward): "
-                 "use precision bf16, fp32 or auto, or optimizer adamw_8bit")
+            problems += lean_optimizer_problems(self)
         if self.method in ("lora", "qlora"):
             need(self.lora_r >= 1, f"lora_r must be >= 1 (try 8 or 16), got {self.lora_r}")
             need(self.lora_alpha >= 1, f"lora_alpha must be >= 1 (try 2 x lora_r), got {self.lora_alpha}")
@@ -246,6 +240,20 @@ class RunConfig:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+def lean_optimizer_problems(cfg: RunConfig) -> list[str]:
+    """Why adamw_lean cannot run with these settings (none: it can). Validation reports them;
+    `optimizer: auto` does not pick adamw_lean when there are any (forecast.resolve_optimizer)."""
+    problems = []
+    if cfg.grad_accum != 1:
+        problems.append(f"optimizer adamw_lean updates each weight during backward, so it cannot accumulate "
+                        f"gradients over micro-batches: set grad_accum to 1 (raise batch_size instead) or use "
+                        f"adamw_8bit, got grad_accum={cfg.grad_accum}")
+    if cfg.precision == "fp16":
+        problems.append("optimizer adamw_lean cannot undo fp16 loss scaling (its step runs inside backward): "
+                        "use precision bf16, fp32 or auto, or optimizer adamw_8bit")
+    return problems
+
 
 def _check_literals(cfg: RunConfig) -> list[str]:
     problems = []

@@ -35,7 +35,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
+from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig, lean_optimizer_problems
 from .errors import UserError
 
 MIB = 1024 * 1024
@@ -471,11 +471,6 @@ def lean_weight_bytes(precision: str) -> int:
     return 2 if precision == "bf16" else 4
 
 
-def lean_optimizer_allowed(config: RunConfig) -> bool:
-    """What RunConfig.validate demands of adamw_lean: no gradient accumulation, no fp16."""
-    return config.grad_accum == 1 and config.precision != "fp16"
-
-
 def local_model(model: str) -> bool:
     """The bundled model or a local folder (QLoRA reads those with pread; a hub model is
     memory-mapped by transformers). Decided without importing torch, as models.model_source."""
@@ -507,7 +502,7 @@ def resolve_optimizer(config: RunConfig, shape: ModelShape | None = None, device
     if verdict(plain, available, constants) == "fits":
         return "adamw_torch"
     device = plain.device
-    if lean_optimizer_allowed(config) and not (device == "cuda" and resolve_precision(config, device) == "fp16"):
+    if not lean_optimizer_problems(config) and not (device == "cuda" and resolve_precision(config, device) == "fp16"):
         return "adamw_lean"
     return "adamw_8bit"
 
@@ -930,7 +925,7 @@ def _candidates(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
         out.append(("turn on activation checkpointing (~20-30% slower, same result)",
                     {"activation_checkpointing": True}))
     if config.method == "full" and config.optimizer in ("auto", "adamw_torch", "adamw_8bit") \
-            and lean_optimizer_allowed(config):
+            and not lean_optimizer_problems(config):
         out.append(("use adamw_lean: bf16 weights, 8-bit state, each weight updated in backward "
                     "(no gradient clipping)", {"optimizer": "adamw_lean"}))
     if config.method == "full" and config.optimizer in ("auto", "adamw_torch"):

@@ -98,7 +98,6 @@ class AdamWInBackward(torch.optim.Optimizer):
         # per device, made on first use: the Trainer may move the model after this is built
         self._generators: dict[torch.device, torch.Generator] = {}
         self._codes: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.updates_done = 0  # parameters updated since the last step()
         # The gradient norm is still measured (for the charts), one parameter at a time; it just
         # cannot clip a step that is already done.
         self._grad_squares: list[torch.Tensor] = []
@@ -112,7 +111,7 @@ class AdamWInBackward(torch.optim.Optimizer):
         loss = closure() if closure is not None else None
         if self._grad_squares:
             self.last_grad_norm = float(sum(t.to("cpu") for t in self._grad_squares)) ** 0.5
-        self._grad_squares, self.updates_done = [], 0
+        self._grad_squares = []
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -173,7 +172,6 @@ class AdamWInBackward(torch.optim.Optimizer):
                 _quantize_into(m, signed, state["m"][s:e], state["m_absmax"][bs:be])
                 _quantize_into(v, unsigned, state["v"][s:e], state["v_absmax"][bs:be])
         p.grad = None
-        self.updates_done += 1
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:

@@ -218,12 +218,13 @@ def load_base_model(config: RunConfig, dtype: torch.dtype, quantization=None) ->
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     try:
-        if quantization is not None and _safetensors_files(source):
+        files = _safetensors_files(source) if quantization is not None else []
+        if files:
             # transformers takes a state_dict only without a model name: the config comes from
             # the folder, the weights from read_not_mapped
             from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
             model_config = load_config(config.model)
-            with read_not_mapped(_safetensors_files(source)) as state_dict:
+            with read_not_mapped(files) as state_dict:
                 return MODEL_FOR_CAUSAL_LM_MAPPING[type(model_config)].from_pretrained(
                     None, config=model_config, state_dict=state_dict, **kwargs)
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
