@@ -25,6 +25,7 @@ _TRAIN_FLAGS = {
     "runs_dir": str, "run_name": str, "seed": int, "data_format": str, "val_fraction": float,
     "grad_accum": int, "lora_alpha": int, "optimizer": str, "scheduler": str, "warmup_ratio": float,
     "checkpoint_steps": int, "eval_steps": int, "precision": str, "max_rows": int,
+    "tokens_per_pass": int,
 }
 
 

@@ -80,7 +80,12 @@ class RunConfig:
     lanes no longer than the batch's longest row), so a batch costs its real tokens, not
     rows × longest row; epochs and steps count rows as always."""
     grad_accum: int = 1
-    """Forward passes per optimizer step; effective batch = batch_size * grad_accum."""
+    """Batches per optimizer step; effective batch = batch_size * grad_accum."""
+    tokens_per_pass: int = 0
+    """How many token slots one forward/backward pass holds: a batch is cut into passes of
+    whole lanes and their gradients are summed, the same as one pass would give, but only one
+    pass's activations exist at a time. 0 = auto: 512 on a CPU (less memory and no slower),
+    the whole batch on a GPU. A lane (up to the batch's longest row) is never cut."""
     max_seq_len: int = 512
     """Longer rows are cut to this many tokens (and counted in the data report)."""
     warmup_ratio: float = 0.03
@@ -160,6 +165,8 @@ class RunConfig:
         need(self.max_steps >= 0, f"max_steps must be >= 0 (0 = use epochs), got {self.max_steps}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
+        need(self.tokens_per_pass >= 0,
+             f"tokens_per_pass must be >= 0 (0 = auto; e.g. 512), got {self.tokens_per_pass}")
         need(16 <= self.max_seq_len <= 131072,
              f"max_seq_len must be between 16 and 131072 tokens, got {self.max_seq_len}")
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
@@ -249,6 +256,10 @@ def lean_optimizer_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"optimizer adamw_lean updates each weight during backward, so it cannot accumulate "
                         f"gradients over micro-batches: set grad_accum to 1 (raise batch_size instead) or use "
                         f"adamw_8bit, got grad_accum={cfg.grad_accum}")
+    if cfg.tokens_per_pass != 0:
+        problems.append(f"optimizer adamw_lean updates each weight during backward, so a batch must be one "
+                        f"pass: set tokens_per_pass to 0 (auto) or use adamw_8bit, got "
+                        f"tokens_per_pass={cfg.tokens_per_pass}")
     if cfg.precision == "fp16":
         problems.append("optimizer adamw_lean cannot undo fp16 loss scaling (its step runs inside backward): "
                         "use precision bf16, fp32 or auto, or optimizer adamw_8bit")

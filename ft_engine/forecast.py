@@ -185,6 +185,16 @@ class Constants:
     """adamw_lean's fp32 scratch per chunk of lean_optimizer.CHUNK_ELEMENTS: gradient, weight,
     both moments, rounding noise and the quantizer's output."""
 
+    cpu_pass_widths_retained: float = 0.25
+    """On a CPU, when a batch goes through in several passes (packing.split_passes): what the
+    passes' many widths leave behind (oneDNN's per-shape kernels and buffers, allocator
+    fragments; packing.PASS_WIDTH_QUANTUM bounds it), as a share of one pass's activations.
+    It depends on how varied the rows are, which the forecast does not know: rows of one
+    length (bench/forecast_accuracy.py, bundled LoRA 4x512: 1,658 MiB measured, 1,637 without
+    this term) leave nothing; the stdlib instruction rows of bench/vs_trl.py (44-692 tokens,
+    LoRA, batch 8: 1,951 MiB measured, 1,637 without it) about 0.5. Fitted halfway, so both
+    land within ±10% (2026-12-02)."""
+
     # --- fixed costs ------------------------------------------------------------------------
     cpu_process_baseline: int = 590 * MIB
     """RSS of the training process when the engine starts measuring (memory.reset_peak, right
@@ -650,10 +660,15 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
 
     seq = min(seq_len, config.max_seq_len) if seq_len else config.max_seq_len
     tokens = min(tokens_per_batch, config.batch_size * seq) if tokens_per_batch else config.batch_size * seq
-    comp["activations"] = activation_bytes(config, shape, tokens, device, precision, c, seq=seq)
-    from .loss import chunk_rows  # here, not at the top: loss.py imports torch
-    chunk = min(tokens, chunk_rows(shape.vocab)) * shape.vocab * 4
-    comp["logits_loss"] = int(c.chunk_logits_copies * chunk + 2 * tokens * shape.hidden * (2 if half else 4))
+    from .loss import chunk_rows  # here, not at the top: loss.py and packing.py import torch
+    from .packing import pass_budget, pass_tokens
+    # Only one pass of the batch holds activations at a time (packing.split_passes).
+    passed = pass_tokens(pass_budget(config.tokens_per_pass, device, step_in_backward=lean), seq, tokens)
+    comp["activations"] = activation_bytes(config, shape, passed, device, precision, c, seq=seq)
+    if device == "cpu" and passed < tokens:
+        comp["activations"] += int(c.cpu_pass_widths_retained * comp["activations"])
+    chunk = min(passed, chunk_rows(shape.vocab)) * shape.vocab * 4
+    comp["logits_loss"] = int(c.chunk_logits_copies * chunk + 2 * passed * shape.hidden * (2 if half else 4))
     if device == "cpu":
         comp["runtime_overhead"] += c.cpu_process_baseline
     else:
@@ -689,7 +704,7 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     comp = {k: int(v) for k, v in comp.items()}
     fc = Forecast(method=method, device=device, precision=precision, components=comp,
                   total_params=total_params, trainable_params=trainable,
-                  details={"weights_by_dtype": by_dtype, "tokens_per_batch": tokens,
+                  details={"weights_by_dtype": by_dtype, "tokens_per_batch": tokens, "tokens_per_pass": passed,
                            "activation_checkpointing": config.activation_checkpointing,
                            "optimizer": config.optimizer, "batch_size": config.batch_size,
                            "max_seq_len": config.max_seq_len, "seq_len": seq, "lora_r": config.lora_r

@@ -5,6 +5,10 @@ callbacks) is the stock Trainer's. Only `compute_loss` changes: the decoder runs
 lanes (packing.py), and the loss goes through the output head in chunks (loss.py) on the
 trained positions only.
 
+A batch may go through the model in several passes (packing.split_passes, `pass_budget`
+token slots each): `training_step` runs forward and backward per pass, so only one pass's
+activations exist at a time, and the summed gradients are the whole batch's.
+
 Loss normalisation is the Trainer's own: with gradient accumulation it passes
 `num_items_in_batch`, the trained tokens of all micro-batches of the optimizer step, counted
 from `shift_labels`; each micro-batch's summed loss is divided by that, so the step's loss is
@@ -13,6 +17,8 @@ the token-weighted mean over the whole step, as for padded batches.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import Trainer
@@ -20,6 +26,7 @@ from transformers import Trainer
 from .lean_optimizer import AdamWInBackward
 from .loss import (SharedHeadGradient, fused_cuda_loss_available, fused_cuda_loss_sum, linear_cross_entropy_sum,
                    tied_embedding)
+from .packing import split_passes
 from .render import IGNORE_INDEX
 
 # Config attributes that change logits after the head (Gemma's soft-capping, Cohere's scale):
@@ -74,9 +81,10 @@ def packed_loss_sum(model: nn.Module, lm: nn.Module, inputs: dict,
 
 
 class LeanTrainer(Trainer):
-    def __init__(self, *args, defer_head_gradient: bool = False, **kwargs):
+    def __init__(self, *args, defer_head_gradient: bool = False, pass_budget: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.defer_head_gradient = defer_head_gradient  # see packed_loss_sum
+        self.pass_budget = pass_budget  # token slots per pass (packing.pass_budget); None: one pass
         # Our compute_loss divides by num_items_in_batch; make the Trainer count it (from the
         # batch's shift_labels) and not divide again by the accumulation steps.
         self.model_accepts_loss_kwargs = True
@@ -94,6 +102,26 @@ class LeanTrainer(Trainer):
         if "grad_norm" in logs and isinstance(inner, AdamWInBackward) and inner.last_grad_norm is not None:
             logs["grad_norm"] = inner.last_grad_norm
         super().log(logs, *args, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The stock step once per pass of the batch (packing.split_passes). Each pass's loss
+        is divided by the trained tokens of the whole batch (or of the whole accumulated step,
+        which the Trainer passes), so the summed gradients and the returned loss are the
+        batch's. Under distributed training only the last pass synchronises gradients."""
+        if self.pass_budget is None or "lane_tokens" not in inputs:
+            return super().training_step(model, inputs, num_items_in_batch)
+        passes = split_passes(inputs, self.pass_budget, self.processing_class.pad_token_id)
+        if len(passes) == 1:
+            return super().training_step(model, passes[0], num_items_in_batch)
+        if num_items_in_batch is None:
+            num_items_in_batch = int((inputs["shift_labels"] != IGNORE_INDEX).sum())
+        total = None
+        for i, part in enumerate(passes):
+            last = i == len(passes) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                loss = super().training_step(model, part, num_items_in_batch)
+            total = loss if total is None else total + loss
+        return total
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:  # tokens/s counts real tokens only: the padding tail is not work

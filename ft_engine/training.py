@@ -36,7 +36,7 @@ from .forecast import memory_first
 from .models import build_model, check_max_seq_len, load_tokenizer, resolve_precision
 from .lean_optimizer import AdamWInBackward
 from .lean_trainer import LeanTrainer
-from .packing import PackedBatch
+from .packing import PackedBatch, pass_budget
 from .render import EncodedData, encode_all
 from .rundir import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, MODEL_DIR, RunDir,
                      Status, atomic_write_text, new_run_id, open_run, utc_now)
@@ -293,8 +293,12 @@ class TrainingJob:
         )
         # Padding-free: one lane per batch with flash-attention's variable-length kernel, else
         # lanes no longer than the batch's longest row (packing.py says why).
+        # A batch cut into passes (tokens_per_pass) keeps its lanes: a pass is whole lanes.
+        budget = pass_budget(cfg.tokens_per_pass, "cuda" if torch.cuda.is_available() else "cpu",
+                             step_in_backward=lean)
         collator = PackedBatch(self.tokenizer.pad_token_id,
-                               single_lane=model.config._attn_implementation == "flash_attention_2")
+                               single_lane=model.config._attn_implementation == "flash_attention_2"
+                               and budget is None)
         # adamw_lean is built here (the Trainer does not know it); the Trainer still makes the
         # LR schedule for it and saves and restores its state with checkpoints.
         optimizer = AdamWInBackward(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -302,7 +306,8 @@ class TrainingJob:
         trainer = LeanTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                               data_collator=collator, processing_class=self.tokenizer,
                               callbacks=[_RunCallback(self)], optimizers=(optimizer, None),
-                              defer_head_gradient=lean)  # adamw_lean: memory first
+                              defer_head_gradient=lean,  # adamw_lean: memory first
+                              pass_budget=budget)
         trainer.remove_callback(PrinterCallback)  # our callback logs; don't print dicts to stdout
         return trainer
 

@@ -247,8 +247,12 @@ def test_cpu_qlora_allocator_factor_only_for_heap_sized_weights():
 def test_activation_checkpointing_and_batch_lower_activations():
     shape = model_shape(tiny_config())
     for method in ("full", "lora", "qlora"):
-        cfg = RunConfig(method=method, batch_size=8, max_seq_len=512)
+        # the whole batch in one pass (auto cuts a CPU batch into passes of 512 tokens)
+        cfg = RunConfig(method=method, batch_size=8, max_seq_len=512, tokens_per_pass=100_000)
         base = forecast(cfg, shape, "cpu").components["activations"]
+        passes = forecast(cfg.replace(tokens_per_pass=0), shape, "cpu").components["activations"]
+        assert passes < base / 4 and passes == forecast(cfg.replace(tokens_per_pass=0, batch_size=4), shape,
+                                                        "cpu").components["activations"]
         assert forecast(cfg.replace(activation_checkpointing=True), shape, "cpu").components["activations"] < base
         half = forecast(cfg.replace(batch_size=4), shape, "cpu").components["activations"]
         assert half < base

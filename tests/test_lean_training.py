@@ -8,10 +8,11 @@ from torch import nn
 
 from ft_engine.config import RunConfig
 from ft_engine.data import load_examples
-from ft_engine.lean_trainer import LeanTrainer, causal_lm, plain_head
+from ft_engine.errors import ConfigError
+from ft_engine.lean_trainer import LeanTrainer, causal_lm, packed_loss_sum, plain_head
 from ft_engine.loss import chunk_rows, linear_cross_entropy_sum
 from ft_engine.models import build_model, load_tokenizer
-from ft_engine.packing import PackedBatch, pack_lanes
+from ft_engine.packing import CPU_PASS_TOKENS, PackedBatch, pack_lanes, pass_budget, pass_tokens, split_passes
 from ft_engine.render import IGNORE_INDEX, encode_all
 
 
@@ -348,3 +349,102 @@ def test_qlora_from_a_local_folder_is_read_not_mapped(tiny_model, data_files, tm
     assert any(v.dtype == torch.uint8 for v in a.values())  # really quantized
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# --- a batch in several passes == the batch in one --------------------------------------------
+
+def test_passes_are_whole_lanes_within_budget_and_padded_to_the_quantum():
+    rows = [{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1))} for n in (40, 30, 20, 9, 5, 3)]
+    batch = PackedBatch(pad_token_id=0)(rows)
+    assert batch["lane_tokens"].tolist() == [40, 39, 28]  # [40] [30 9] [20 5 3]
+    passes = split_passes(batch, budget=64, pad_token_id=0, quantum=16)
+    assert [p["input_ids"].shape for p in passes] == [(1, 48), (1, 48), (1, 32)]  # 2 x 48 > 64
+    assert sum(int(p["real_tokens"]) for p in passes) == int(batch["real_tokens"]) == 107
+    assert sum(int((p["shift_labels"] != IGNORE_INDEX).sum()) for p in passes) == \
+        int((batch["shift_labels"] != IGNORE_INDEX).sum())
+    for p in passes:  # the padding added is a row of its own that nothing trains on
+        assert (p["shift_labels"][:, 40:] == IGNORE_INDEX).all() and (p["labels"][:, 40:] == IGNORE_INDEX).all()
+    assert passes[0]["position_ids"][0, 40:].tolist() == list(range(8))
+    wide = split_passes(batch, budget=1000, pad_token_id=0, quantum=16)
+    assert len(wide) == 1 and wide[0]["input_ids"].shape == (3, 48)
+    tiny = split_passes(batch, budget=1, pad_token_id=0, quantum=1)  # a lane is never cut
+    assert [p["input_ids"].shape[1] for p in tiny] == [40, 39, 28]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradients_summed_over_passes_equal_the_whole_batch(tiny_model, data_files, tmp_path, method):
+    cfg = RunConfig(model=tiny_model, method=method, data=str(data_files["chat"]), runs_dir=str(tmp_path),
+                    lora_dropout=0.0, precision="fp32")
+    model, _ = build_model(cfg)
+    model.train()
+    tok, rows = _rows(tiny_model, data_files["chat"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    lm = causal_lm(model)
+    batch = PackedBatch(tok.pad_token_id)(rows)
+    whole, n = packed_loss_sum(model, lm, batch)
+    ref_grads = torch.autograd.grad(whole / n, params)
+    passes = split_passes(batch, budget=1, pad_token_id=tok.pad_token_id, quantum=8)
+    assert len(passes) == batch["input_ids"].shape[0] > 1
+    grads, loss = [torch.zeros_like(p) for p in params], 0.0
+    for part in passes:
+        s, _ = packed_loss_sum(model, lm, part)
+        loss += float(s.detach()) / n
+        for g, d in zip(grads, torch.autograd.grad(s / n, params)):
+            g += d
+    assert abs(loss - float(whole) / n) < 1e-5
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-5, rtol=1e-4), float((g - r).abs().max())
+
+
+def test_training_in_passes_follows_training_in_one_pass(tiny_model, data_files, tmp_path, monkeypatch):
+    """Through the engine's trainer: the same steps, the same losses and gradient norms,
+    whether a batch goes through in one pass or a lane at a time."""
+    from ft_engine import lean_trainer
+    from ft_engine.training import train
+    counts = []
+
+    def counted(*args, **kwargs):
+        out = split_passes(*args, **kwargs)
+        counts.append(len(out))
+        return out
+    monkeypatch.setattr(lean_trainer, "split_passes", counted)
+    logs = {}
+    for budget in (1, 100_000):
+        cfg = RunConfig(model=tiny_model, method="lora", data=str(data_files["chat"]), lora_dropout=0.0,
+                        runs_dir=str(tmp_path / str(budget)), max_steps=3, batch_size=8, precision="fp32",
+                        tokens_per_pass=budget, checkpoint_steps=0)
+        run, status = train(cfg)
+        assert status.value == "completed", run.read_status()
+        logs[budget] = [m for m in run.read_metrics() if "loss" in m and "step" in m]
+    assert max(counts[:3]) > 1 and counts[3:] == [1, 1, 1], counts  # budget 1 did split; 100,000 did not
+    assert len(logs[1]) == len(logs[100_000]) == 3
+    for a, b in zip(logs[1], logs[100_000]):
+        assert a["tokens_seen"] == b["tokens_seen"]
+        assert abs(a["loss"] - b["loss"]) < 1e-4 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4
+
+
+def test_pass_budget_auto_is_512_on_cpu_whole_batch_on_gpu_and_never_split_for_adamw_lean():
+    assert pass_budget(0, "cpu", step_in_backward=False) == CPU_PASS_TOKENS
+    assert pass_budget(0, "cuda", step_in_backward=False) is None
+    assert pass_budget(2048, "cuda", step_in_backward=False) == 2048
+    assert pass_budget(0, "cpu", step_in_backward=True) is None
+    assert pass_tokens(None, 512, 3000) == 3000
+    assert pass_tokens(512, 300, 3000) == 512 and pass_tokens(512, 700, 3000) == 704
+    assert pass_tokens(512, 100, 200) == 256  # a batch smaller than the budget: itself, rounded
+
+
+def test_tokens_per_pass_is_checked():
+    with pytest.raises(ConfigError, match="tokens_per_pass must be >= 0"):
+        RunConfig(data="x", tokens_per_pass=-1).validate(check_paths=False)
+    with pytest.raises(ConfigError, match="set tokens_per_pass to 0"):
+        RunConfig(data="x", method="full", optimizer="adamw_lean", tokens_per_pass=512).validate(check_paths=False)
+
+
+def test_forecast_counts_one_pass_of_activations():
+    from ft_engine.forecast import DEFAULTS, forecast
+    one = forecast(RunConfig(batch_size=8, tokens_per_pass=100_000), device="cpu", seq_len=512, tokens_per_batch=3000)
+    passes = forecast(RunConfig(batch_size=8), device="cpu", seq_len=512, tokens_per_batch=3000)
+    assert one.details["tokens_per_pass"] == 3008 and passes.details["tokens_per_pass"] == 512
+    ratio = passes.components["activations"] / one.components["activations"]
+    expected = 512 / 3008 * (1 + DEFAULTS.cpu_pass_widths_retained)  # what several widths leave behind
+    assert expected * 0.9 < ratio < expected * 1.1

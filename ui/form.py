@@ -20,7 +20,7 @@ from .limits import max_rows_cap, max_steps_cap
 # Data tab, next to the preview they change.
 ADVANCED_FIELDS = [
     "learning_rate", "max_steps", "epochs", "max_rows", "batch_size", "grad_accum",
-    "warmup_ratio", "scheduler", "weight_decay", "max_grad_norm", "optimizer",
+    "tokens_per_pass", "warmup_ratio", "scheduler", "weight_decay", "max_grad_norm", "optimizer",
     "activation_checkpointing", "seed", "logging_steps", "eval_steps",
     "checkpoint_steps", "checkpoints_kept", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
     "quant_type", "double_quant", "compute_dtype", "precision",
