@@ -75,6 +75,15 @@ def _rows(tiny_model, data_file):
     return tok, [join(r[0], r[1], r[2]), r[3], join(r[1], r[2]), r[0], r[2]]
 
 
+def _training_model_and_rows(tiny_model, data_files, tmp_path, method):
+    """(model in train mode, fp32 and without dropout, its tokenizer, the rows of `_rows`)."""
+    cfg = RunConfig(model=tiny_model, method=method, data=str(data_files["chat"]), runs_dir=str(tmp_path),
+                    lora_dropout=0.0, precision="fp32")
+    model, _ = build_model(cfg)
+    model.train()
+    return (model, *_rows(tiny_model, data_files["chat"]))
+
+
 def _sum_and_count(model, ids, labels):
     out = model(input_ids=torch.tensor([ids]), use_cache=False)
     logits = out.logits[0, :-1].float()
@@ -85,11 +94,7 @@ def _sum_and_count(model, ids, labels):
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_packed_loss_and_gradients_equal_rows_one_by_one(tiny_model, data_files, tmp_path, method):
-    cfg = RunConfig(model=tiny_model, method=method, data=str(data_files["chat"]), runs_dir=str(tmp_path),
-                    lora_dropout=0.0, precision="fp32")
-    model, _ = build_model(cfg)
-    model.train()
-    tok, rows = _rows(tiny_model, data_files["chat"])
+    model, tok, rows = _training_model_and_rows(tiny_model, data_files, tmp_path, method)
     lengths = [len(r["input_ids"]) for r in rows]
     assert len(set(lengths)) > 1, "rows of different lengths make the test meaningful"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -373,11 +378,7 @@ def test_passes_are_whole_lanes_within_budget_and_padded_to_the_quantum():
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_gradients_summed_over_passes_equal_the_whole_batch(tiny_model, data_files, tmp_path, method):
-    cfg = RunConfig(model=tiny_model, method=method, data=str(data_files["chat"]), runs_dir=str(tmp_path),
-                    lora_dropout=0.0, precision="fp32")
-    model, _ = build_model(cfg)
-    model.train()
-    tok, rows = _rows(tiny_model, data_files["chat"])
+    model, tok, rows = _training_model_and_rows(tiny_model, data_files, tmp_path, method)
     params = [p for p in model.parameters() if p.requires_grad]
     lm = causal_lm(model)
     batch = PackedBatch(tok.pad_token_id)(rows)
