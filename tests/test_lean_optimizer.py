@@ -129,8 +129,8 @@ def test_settings_it_cannot_honour_are_refused(tmp_path):
 
 def _run(tiny_model, chat_file, runs_dir, **kw):
     from ft_engine.training import train
-    cfg = RunConfig(model=tiny_model, data=str(chat_file), method="full", max_steps=12, batch_size=4,
-                    learning_rate=3e-3, warmup_ratio=0.0, scheduler="constant", runs_dir=str(runs_dir), **kw)
+    cfg = RunConfig(model=tiny_model, data=str(chat_file), method="full", max_steps=12, learning_rate=3e-3,
+                    warmup_ratio=0.0, scheduler="constant", runs_dir=str(runs_dir), **{"batch_size": 4, **kw})
     run_dir, status = train(cfg)
     return run_dir, status, json.loads((run_dir.path / "status.json").read_text())
 
@@ -197,11 +197,13 @@ def test_auto_picks_adamw_lean_when_fp32_adamw_will_not_fit(tiny_model, chat_fil
     choose adamw_lean; the run says so and trains."""
     from ft_engine.forecast import MIB, forecast, model_shape
     shape = model_shape(tiny_model)
-    plain = forecast(RunConfig(model=tiny_model, method="full", optimizer="adamw_torch"), shape, "cpu")
-    lean = forecast(RunConfig(model=tiny_model, method="full", optimizer="adamw_lean"), shape, "cpu")
+    # one row a batch: one pass for both (adamw_torch would otherwise go in passes of 512 tokens,
+    # adamw_lean in one, and on this tiny model activations outweigh the optimizer state)
+    plain = forecast(RunConfig(model=tiny_model, method="full", optimizer="adamw_torch", batch_size=1), shape, "cpu")
+    lean = forecast(RunConfig(model=tiny_model, method="full", optimizer="adamw_lean", batch_size=1), shape, "cpu")
     assert lean.needed_bytes < plain.needed_bytes
     monkeypatch.setenv("FT_MEMORY_LIMIT_MIB", str(plain.needed_bytes / MIB))  # torch's: `tight`, not `fits`
-    run_dir, status, st = _run(tiny_model, chat_file, runs_dir, checkpoint_steps=0)
+    run_dir, status, st = _run(tiny_model, chat_file, runs_dir, checkpoint_steps=0, batch_size=1)
     assert status.value == "completed" and st["optimizer"] == "adamw_lean"
     assert "optimizer auto chose adamw_lean" in (run_dir.path / "events.jsonl").read_text()
     assert "optimizer: auto" in (run_dir.path / "config.yaml").read_text()  # the setting, as given
