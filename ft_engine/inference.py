@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, TextIteratorStreamer
 
 from .config import RunConfig
 from .errors import UserError
-from .models import bnb_config, load_base_model, load_tokenizer, resolve_compute_dtype
+from .models import bnb_config, load_base_model, load_tokenizer, model_build_lock, resolve_compute_dtype
 from .rundir import ADAPTER_DIR, MODEL_DIR, RunDir, open_run
 
 
@@ -36,13 +36,15 @@ class ChatModel:
             self.tokenizer = load_tokenizer(str(adapter))
             # QLoRA adapters are used on the same 4-bit base they were trained on.
             base_dtype = resolve_compute_dtype(self.config) if self.config.method == "qlora" else torch.float32
-            base = load_base_model(self.config, base_dtype,
-                              quantization=bnb_config(self.config) if self.config.method == "qlora" else None)
-            self.model = PeftModel.from_pretrained(base, str(adapter))
+            with model_build_lock:  # the adapters are built under torch's default dtype too
+                base = load_base_model(self.config, base_dtype,
+                                       quantization=bnb_config(self.config) if self.config.method == "qlora" else None)
+                self.model = PeftModel.from_pretrained(base, str(adapter))
             self.has_adapter = True
         elif full.is_dir():
             self.tokenizer = load_tokenizer(str(full))
-            self.model = AutoModelForCausalLM.from_pretrained(str(full), dtype=torch.float32)
+            with model_build_lock:
+                self.model = AutoModelForCausalLM.from_pretrained(str(full), dtype=torch.float32)
             self.has_adapter = False
         else:
             status = self.run.read_status().get("status")

@@ -210,7 +210,19 @@ class ModelInfo:
         return 100.0 * self.trainable_params / max(self.total_params, 1)
 
 
+# transformers' from_pretrained sets torch's default dtype, which is process-wide, while it
+# builds a model: a chat loading an fp32 model while a run loads its bf16 base could get some
+# bf16 layers (seen once in CI: "expected m1 and m2 to have the same dtype" in chat's lm_head
+# while another user's run was loading). Every model build in the engine holds this lock.
+model_build_lock = threading.RLock()
+
+
 def load_base_model(config: RunConfig, dtype: torch.dtype, quantization=None) -> PreTrainedModel:
+    with model_build_lock:
+        return _load_base_model(config, dtype, quantization)
+
+
+def _load_base_model(config: RunConfig, dtype: torch.dtype, quantization=None) -> PreTrainedModel:
     source = model_source(config.model)
     kwargs = dict(dtype=dtype, token=os.environ.get("HF_TOKEN"), trust_remote_code=False,
                   attn_implementation=attention_implementation(dtype))
@@ -301,6 +313,11 @@ def lora_config(config: RunConfig):
 
 def build_model(config: RunConfig) -> tuple[PreTrainedModel, ModelInfo]:
     """The trainable model for `config.method`; the three methods differ only here."""
+    with model_build_lock:  # the adapters too are made under torch's default dtype
+        return _build_model(config)
+
+
+def _build_model(config: RunConfig) -> tuple[PreTrainedModel, ModelInfo]:
     precision = resolve_precision(config)
     on_gpu = torch.cuda.is_available()
 

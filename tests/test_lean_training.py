@@ -449,3 +449,30 @@ def test_forecast_counts_one_pass_of_activations():
     ratio = passes.components["activations"] / one.components["activations"]
     expected = 512 / 3008 * (1 + DEFAULTS.cpu_pass_widths_retained)  # what several widths leave behind
     assert expected * 0.9 < ratio < expected * 1.1
+
+
+def test_models_are_built_one_at_a_time(monkeypatch):
+    """from_pretrained sets torch's process-wide default dtype while it builds: a chat's fp32
+    load must not run while a run's bf16 base is being built (models.model_build_lock)."""
+    import threading
+
+    from ft_engine import models
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def slow_load(config, dtype, quantization=None):
+        order.append(("start", dtype))
+        if dtype == torch.bfloat16:
+            inside.set()
+            assert release.wait(10)
+        order.append(("end", dtype))
+    monkeypatch.setattr(models, "_load_base_model", slow_load)
+    first = threading.Thread(target=models.load_base_model, args=(RunConfig(), torch.bfloat16))
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=models.load_base_model, args=(RunConfig(), torch.float32))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive(), "the second build must wait for the first"
+    release.set()
+    first.join(10), second.join(10)
+    assert order == [("start", torch.bfloat16), ("end", torch.bfloat16), ("start", torch.float32), ("end", torch.float32)]
