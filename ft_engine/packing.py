@@ -75,8 +75,7 @@ def pass_tokens(budget: int | None, seq: int, tokens_per_batch: int) -> int:
     quantum."""
     if budget is None:
         return tokens_per_batch
-    lane = -(-seq // PASS_WIDTH_QUANTUM) * PASS_WIDTH_QUANTUM
-    return min(max(budget, lane), -(-tokens_per_batch // PASS_WIDTH_QUANTUM) * PASS_WIDTH_QUANTUM)
+    return min(max(budget, _round_up(seq, PASS_WIDTH_QUANTUM)), _round_up(tokens_per_batch, PASS_WIDTH_QUANTUM))
 
 
 def pack_lanes(lengths: list[int], capacity: int) -> list[list[int]]:

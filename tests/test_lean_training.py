@@ -474,5 +474,6 @@ def test_models_are_built_one_at_a_time(monkeypatch):
     second.join(0.5)
     assert second.is_alive(), "the second build must wait for the first"
     release.set()
-    first.join(10), second.join(10)
+    first.join(10)
+    second.join(10)
     assert order == [("start", torch.bfloat16), ("end", torch.bfloat16), ("start", torch.float32), ("end", torch.float32)]
