@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--activation-checkpointing", action="store_true", default=None,
                     help=FIELD_DOCS.get("activation_checkpointing", ""))
     pl.add_argument("--optimizer", default=None, help=FIELD_DOCS.get("optimizer", ""))
+    for name, typ in (("checkpoint_steps", int), ("checkpoints_kept", int), ("max_steps", int),
+                      ("runs_dir", str)):  # what decides the disk the run needs
+        pl.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
+                        help=FIELD_DOCS.get(name, ""))
     pl.add_argument("--device", default=None, choices=["cpu", "cuda"],
                     help="device to plan for (default: this machine's)")
     pl.add_argument("--json", action="store_true", help="print a JSON object")
@@ -210,7 +214,8 @@ def cmd_plan(args) -> int:
     from .config import BUNDLED_MODEL
     from .forecast import LLAMA_1B_SHAPE, format_plan, plan
     values = {k: getattr(args, k) for k in ("model", "batch_size", "max_seq_len", "lora_r",
-                                            "activation_checkpointing", "optimizer")
+                                            "activation_checkpointing", "optimizer", "checkpoint_steps",
+                                            "checkpoints_kept", "max_steps", "runs_dir")
               if getattr(args, k) is not None}
     cfg = RunConfig.from_dict(values)
     # the built-in shape is not a model id RunConfig knows; check every other setting

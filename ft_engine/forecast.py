@@ -18,7 +18,12 @@ the way `build_model` and the Trainer actually lay it out:
                        buffer
 
 The forecast predicts what `ft_engine.memory` reports as a run's peak (`mem_peak_mib`):
-CUDA `max_memory_allocated` on a GPU, the process's peak RSS on CPU. On a GPU the memory that
+CUDA `max_memory_allocated` on a GPU, the process's peak RSS on CPU. On CPU the peak is the sum
+of the components (calibrated that way, within ±5%). On a GPU not all of them are alive
+together: activations, logits and autocast copies are freed at the end of backward, before
+`optimizer.step()` allocates its scratch, and the caching allocator hands the freed blocks
+to it; so the peak is what lives throughout (`ALWAYS_ALIVE`) plus the larger of the two
+phases (`PHASES`), and `Forecast.peak_phase` says which one. On a GPU the memory that
 must be *free* is larger (CUDA context, allocator fragmentation): that is `needed_bytes`,
 and the verdict compares it with what is available.
 
@@ -53,6 +58,23 @@ COMPONENTS = ("weights_frozen", "weights_trainable", "quant_constants", "gradien
               "optimizer_temp", "autocast_copies", "activations", "logits_loss", "runtime_overhead")
 
 VERDICTS = ("fits", "tight", "will not fit")
+
+ALWAYS_ALIVE = ("weights_frozen", "weights_trainable", "quant_constants", "gradients", "optimizer_state",
+                "runtime_overhead")
+"""Alive in every phase of a GPU step. Gradients exist through backward and the step (and,
+with grad_accum > 1, through the next micro-batches' forward): counted in both phases. The
+optimizer state exists from the first step on, so the second step's forward/backward has it.
+runtime_overhead holds the cuBLAS workspace (kept) and QLoRA's dequantization buffer (used in
+forward/backward only, where a QLoRA peak comes: its optimizer step updates only the adapters)."""
+PHASES = {"forward/backward": ("activations", "logits_loss", "autocast_copies"),
+          "optimizer step": ("optimizer_temp",)}
+"""Transients of each phase of a GPU step, never alive together: the forward/backward ones
+are freed when backward ends (autocast's weight casts live as long as the saved tensors that
+hold them), before optimizer.step() allocates its scratch."""
+WHOLE_STEP = "whole step"
+"""`peak_phase` when the components are summed: on CPU (the sum is what was calibrated against
+peak RSS, which keeps freed memory: see Constants) and with adamw_lean (its step runs inside
+backward, so step scratch and activations overlap)."""
 
 
 @dataclass(frozen=True)
@@ -383,7 +405,10 @@ def _dtype_name(dtype) -> str:
 @dataclass
 class Forecast:
     """Bytes per component; `total_bytes` predicts the measured peak (see module docstring),
-    `needed_bytes` is what must be free on the device."""
+    `needed_bytes` is what must be free on the device.
+
+    `components` holds every component, also those not alive at the peak; `peak_components()`
+    holds those that are (the others 0): they add up to `total_bytes`."""
 
     method: str
     device: str
@@ -393,10 +418,37 @@ class Forecast:
     total_params: int = 0
     trainable_params: int = 0
     needed_bytes: int = 0
+    phased: bool = False
+    """True: the `PHASES` are never alive together and the peak is the larger one (a GPU run
+    whose optimizer step comes after backward). False: every component at once (WHOLE_STEP)."""
+
+    def phase_bytes(self) -> dict[str, int]:
+        """Bytes of each phase's transients (`PHASES`), on top of `ALWAYS_ALIVE`."""
+        return {phase: sum(self.components[k] for k in keys) for phase, keys in PHASES.items()}
+
+    @property
+    def peak_phase(self) -> str:
+        """The phase the peak comes in: `forward/backward`, `optimizer step`, or WHOLE_STEP."""
+        if not self.phased:
+            return WHOLE_STEP
+        phases = self.phase_bytes()
+        return max(phases, key=phases.get)  # a tie goes to forward/backward, the first
+
+    def peak_components(self) -> dict[str, int]:
+        """The components alive at the peak: the other phase's transients count 0."""
+        if not self.phased:
+            return dict(self.components)
+        freed = {k for phase, keys in PHASES.items() if phase != self.peak_phase for k in keys}
+        return {k: 0 if k in freed else v for k, v in self.components.items()}
 
     @property
     def total_bytes(self) -> int:
-        return sum(self.components.values())
+        return sum(self.peak_components().values())
+
+    @property
+    def not_at_peak_bytes(self) -> int:
+        """What the components add up to beyond the peak: the phase that is not the peak's."""
+        return sum(self.components.values()) - self.total_bytes
 
     @property
     def total_mib(self) -> float:
@@ -407,12 +459,15 @@ class Forecast:
         return self.needed_bytes / MIB
 
     def mib(self) -> dict[str, float]:
+        """Every component in MiB (see `peak_components` for those alive at the peak)."""
         return {k: round(v / MIB, 1) for k, v in self.components.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "device": self.device, "precision": self.precision,
                 "total_params": self.total_params, "trainable_params": self.trainable_params,
                 "components_bytes": dict(self.components), "components_mib": self.mib(),
+                "peak_phase": self.peak_phase, "peak_components_bytes": self.peak_components(),
+                "not_at_peak_mib": round(self.not_at_peak_bytes / MIB, 1),
                 "total_bytes": self.total_bytes, "total_mib": round(self.total_mib, 1),
                 "needed_bytes": self.needed_bytes, "needed_mib": round(self.needed_mib, 1),
                 "details": self.details}
@@ -457,6 +512,20 @@ def lora_params(config: RunConfig, shape: ModelShape) -> int:
     """LoRA trainable parameters: r*(in+out) per targeted linear (A: r×in, B: out×r), every layer."""
     dims = shape.linear_dims()
     return shape.layers * sum(config.lora_r * (dims[t][0] + dims[t][1]) for t in lora_targets(config, shape))
+
+
+def trainable_tensors(config: RunConfig, shape: ModelShape) -> list[tuple[int, bool]]:
+    """(elements, is the embedding) of each trainable tensor, what the optimizer rules go by
+    (and the disk forecast, disk.py). Full: the embedding, an untied lm_head, every linear (its
+    bias counted with it), every norm; LoRA/QLoRA: each adapter's A (r×in) and B (out×r)."""
+    if config.method == "full":
+        return [(shape.embedding, True)] + [(shape.lm_head, False)] * (shape.lm_head > 0) \
+            + [(shape.linear_params(n), False) for n in LINEARS for _ in range(shape.layers)] \
+            + [(shape.hidden, False)] * (2 * shape.layers + 1)
+    dims = shape.linear_dims()
+    targets = lora_targets(config, shape)
+    return ([(config.lora_r * dims[t][0], False) for t in targets]
+            + [(config.lora_r * dims[t][1], False) for t in targets]) * shape.layers
 
 
 def quantized_bytes(numel: int) -> int:
@@ -548,9 +617,9 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     Optimizer state (per trainable parameter): adamw_torch 8 B (exp_avg, exp_avg_sq, fp32);
       adamw_8bit 2 B + absmaxes (2*4/256 B), but fp32 (8 B) for tensors under 4096 values and for
       embeddings (the Trainer registers nn.Embedding for 32-bit state); sgd 0 (no momentum).
-    Optimizer temp: torch AdamW's foreach path on CUDA allocates one scratch copy of all
-      trainable params (sqrt of exp_avg_sq): 4 B/param; on CPU the per-tensor loop needs one
-      scratch of the largest tensor.
+    Optimizer temp: none on CUDA, where AdamW is torch's fused kernel (in place; its for-each
+      path would allocate a sqrt copy of all trainable params, 4 B/param); on CPU the per-tensor
+      loop needs one scratch of the largest tensor.
     Autocast copies: with bf16/fp16 autocast on CUDA the half-precision casts of fp32 trainable
       linear weights are cached for the step: 2 B per such param (full: all linears and lm_head).
     Activations: see `activation_bytes`. Logits/loss: the chunked loss (loss.py) holds one
@@ -561,6 +630,9 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
       cuBLAS workspace (+ for QLoRA one dequantized linear weight in compute dtype).
     CPU QLoRA weights: the 4-bit linears and copies of the rest; the checkpoint file, read
       whole while quantizing, weighs in the loading peak only.
+    Peak: on CPU the sum of the components. On CUDA (but adamw_lean) ALWAYS_ALIVE +
+      max(forward/backward: activations + logits_loss + autocast_copies, optimizer step:
+      optimizer_temp); details["peak_phase"] says which (see `Forecast.peak_components`).
     """
     c = constants
     if shape is None:
@@ -592,10 +664,7 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
         wbytes = lean_weight_bytes(precision) if lean else 4
         comp["weights_trainable"] = wbytes * total_params
         add("bf16" if wbytes == 2 else "fp32", wbytes * total_params)
-        # (tensor sizes, embedding?) for the optimizer rules
-        tensors = [(shape.embedding, True)] + [(shape.lm_head, False)] * (shape.lm_head > 0) \
-            + [(shape.linear_params(n), False) for n in LINEARS for _ in range(shape.layers)] \
-            + [(shape.hidden, False)] * (2 * shape.layers + 1)
+        tensors = trainable_tensors(config, shape)  # for the optimizer rules
         if half and not lean:
             cached = linears + (shape.vocab * shape.hidden)  # lm_head (tied or not) is a Linear
             comp["autocast_copies"] = 2 * cached
@@ -603,10 +672,7 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
         trainable = lora_params(config, shape)
         comp["weights_trainable"] = 4 * trainable
         add("fp32 (adapters)", 4 * trainable)
-        dims = shape.linear_dims()
-        tensors = [(config.lora_r * dims[t][0], False) for t in lora_targets(config, shape)] \
-            + [(config.lora_r * dims[t][1], False) for t in lora_targets(config, shape)]
-        tensors = tensors * shape.layers
+        tensors = trainable_tensors(config, shape)
         if method == "lora":
             base = 2 if half else 4
             comp["weights_frozen"] = base * total_params
@@ -645,7 +711,10 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
         comp["optimizer_temp"] = int(c.lean_scratch_copies * 4 * min(CHUNK_ELEMENTS, max(n for n, _ in tensors)))
     elif config.optimizer == "adamw_torch":
         comp["optimizer_state"] = 8 * trainable
-        comp["optimizer_temp"] = 4 * (trainable if device == "cuda" else max(n for n, _ in tensors))
+        # On CUDA the engine runs torch's fused AdamW (training.trainer_optimizer): one kernel that
+        # updates in place, no scratch (torch/optim/adam.py _fused_adam calls _fused_adamw_ on the
+        # tensors themselves; the for-each path's sqrt copy, 4 B per parameter, is not made).
+        comp["optimizer_temp"] = 0 if device == "cuda" else 4 * max(n for n, _ in tensors)
     elif config.optimizer == "adamw_8bit":
         state = 0
         for n, is_embedding in tensors:
@@ -702,7 +771,11 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
         comp["runtime_overhead"] += max(0, load_peak - sum(comp.values()))
 
     comp = {k: int(v) for k, v in comp.items()}
-    fc = Forecast(method=method, device=device, precision=precision, components=comp,
+    # On a GPU the forward/backward transients are freed before the optimizer step's scratch is
+    # allocated (PHASES); adamw_lean steps inside backward, where both exist together. On CPU
+    # the sum stays: it is what was measured against peak RSS.
+    phased = device == "cuda" and not lean
+    fc = Forecast(method=method, device=device, precision=precision, components=comp, phased=phased,
                   total_params=total_params, trainable_params=trainable,
                   details={"weights_by_dtype": by_dtype, "tokens_per_batch": tokens, "tokens_per_pass": passed,
                            "activation_checkpointing": config.activation_checkpointing,
@@ -712,6 +785,7 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
                            "checkpoint_dtype": shape.checkpoint_dtype,
                            "peak_while": "loading the model" if load_peak is not None
                            and load_peak >= sum(comp.values()) else "training"})
+    fc.details["peak_phase"] = fc.peak_phase
     fc.needed_bytes = fc.total_bytes if device == "cpu" else \
         int(fc.total_bytes * (1 + c.cuda_fragmentation)) + c.cuda_context
     return fc
@@ -1017,13 +1091,17 @@ COMPONENT_LABELS = {
 
 def plan(config: RunConfig, methods: list[str], device: str | None = None,
          seq_len: int | None = None) -> dict[str, Any]:
-    """Forecast, verdict and suggestions for each method: the data behind `plan`."""
+    """Forecast, verdict and suggestions for each method, and the disk each run will write
+    (disk.py): the data behind `plan`."""
+    from .disk import disk_forecast, disk_line, free_bytes, planned_steps
     shape = model_shape(config.model)
     avail = available_memory(device)
+    free = free_bytes(config.runs_dir)
     out: dict[str, Any] = {
         "model": config.model, "shape": shape.to_dict(),
         "available": {"device": avail[0], "bytes": avail[1],
                       "mib": None if avail[1] is None else round(avail[1] / MIB, 1), "label": avail[2]},
+        "disk": {"runs_dir": config.runs_dir, "free_bytes": free},
         "methods": {},
     }
     for method in methods:
@@ -1036,6 +1114,9 @@ def plan(config: RunConfig, methods: list[str], device: str | None = None,
                              "config": {k: v for k, v in c.to_dict().items() if v != cfg.to_dict()[k]}}
                             for d, c, f in suggestions(cfg, shape, avail, seq_len=seq_len)],
         }
+        disk = disk_forecast(cfg, shape, steps=planned_steps(cfg, None), device=avail[0])
+        out["methods"][method]["disk"] = {**disk.to_dict(), "line": disk_line(disk, config.runs_dir, free),
+                                          "fits": disk.needed_free_bytes() <= free}
     return out
 
 
@@ -1058,6 +1139,12 @@ def format_plan(report: dict[str, Any]) -> str:
     for key, label in COMPONENT_LABELS.items():
         lines.append(f"{label:<{width}}" + "".join(f"{report['methods'][m]['components_mib'][key]:>12,.1f}"
                                                    for m in methods))
+    # a phase left out of some peak (a GPU run whose step has scratch): say so, and what it is
+    phased = [m for m in methods if report["methods"][m]["peak_phase"] != WHOLE_STEP
+              and report["methods"][m]["not_at_peak_mib"] > 0]
+    if phased:  # a GPU: the column adds up to the peak once the phase not at the peak is taken off
+        lines.append(f"{'not alive at the peak *':<{width}}"
+                     + "".join(f"{-report['methods'][m]['not_at_peak_mib']:>12,.1f}" for m in methods))
     lines.append("-" * (width + 12 * len(methods)))
     lines.append(f"{'total (peak)':<{width}}" + "".join(f"{report['methods'][m]['total_mib']:>12,.1f}"
                                                         for m in methods))
@@ -1066,6 +1153,11 @@ def format_plan(report: dict[str, Any]) -> str:
                      + "".join(f"{report['methods'][m]['needed_mib']:>12,.1f}" for m in methods))
     lines.append(f"{'trainable params':<{width}}" + "".join(f"{report['methods'][m]['trainable_params']:>12,}"
                                                             for m in methods))
+    if phased:
+        fb, step = (", ".join(COMPONENT_LABELS[k] for k in PHASES[p]) for p in PHASES)
+        lines.append(f"* on a GPU the forward/backward transients ({fb}) are freed before the optimizer "
+                     f"step allocates its scratch ({step}): the peak holds the larger of the two; peak in "
+                     + "; ".join(f"{m}: {report['methods'][m]['peak_phase']}" for m in phased))
     lines.append("")
     lines.append(f"available: {report['available']['label']}")
     for m in methods:
@@ -1073,4 +1165,9 @@ def format_plan(report: dict[str, Any]) -> str:
         lines.append(f"{m}: verdict: {r['verdict']}")
         for sug in r["suggestions"]:
             lines.append(f"    - {sug['change']}: {sug['total_mib']:,.1f} MiB ({sug['verdict']})")
+    from .disk import gb
+    for m in methods:
+        d = report["methods"][m]["disk"]
+        lines.append(f"{m}: disk: {d['line']}"
+                     + ("" if d["fits"] else f": too little, a run is refused below {gb(d['needed_free_bytes'])} free"))
     return "\n".join(lines)

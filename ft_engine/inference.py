@@ -17,16 +17,65 @@ from transformers import AutoModelForCausalLM, TextIteratorStreamer
 
 from .config import RunConfig
 from .errors import UserError
-from .models import bnb_config, load_base_model, load_tokenizer, model_build_lock, resolve_compute_dtype
+from .memory import TRAIN_GPU
+from .models import bnb_config, load_base_model, load_tokenizer, model_build_lock, placement, resolve_compute_dtype
+from .render import end_of_turn_id
 from .rundir import ADAPTER_DIR, MODEL_DIR, RunDir, open_run
+
+
+# --- where a chat model goes, and in what dtype (issue 10) ---------------------------------------
+
+def chat_device(training_run: str | None = None) -> int | str:
+    """The device a chat model is loaded on: "cpu" without CUDA; with 2+ GPUs the last one
+    (runs train on memory.TRAIN_GPU, so a chat never takes memory from a run); with one GPU,
+    that GPU — but not while `training_run` trains on it: the run's memory was forecast and
+    checked for the run alone, and a 1B chat model in bf16 is 2.5 GB more (a full run compared
+    with its base, 5 GB), enough to run a T4 out of memory mid-training."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    gpus = torch.cuda.device_count()
+    if gpus >= 2:
+        return gpus - 1
+    if training_run:
+        raise UserError(f"the GPU is training run {training_run}: chat loads a model onto it only when no "
+                        f"run trains there, so the run keeps the memory it was planned with. Chat when the "
+                        f"run ends, or stop it in the Monitor tab (what it trained so far is kept)")
+    return TRAIN_GPU
+
+
+def chat_dtype(config: RunConfig, device: int | str) -> torch.dtype:
+    """The run's compute precision on a GPU (bf16, or fp16 on a T4), as it was trained and
+    half the memory of fp32; fp32 on a CPU, where RAM is not what runs out and fp32 answers
+    are what the studio measured and tested."""
+    return torch.float32 if device == "cpu" else resolve_compute_dtype(config)
+
+
+def shares_gpu_with_runs(device: int | str) -> bool:
+    """A chat model on `device` sits on the GPU the runs train on."""
+    return device == TRAIN_GPU
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every id that ends a reply: the model's own generation_config EOS ids, the tokenizer's
+    EOS, and the special token the chat template ends an assistant turn with (what fine-tuning
+    taught the model to emit last). Passing eos_token_id to generate() replaces the
+    generation_config's, so all three are listed: a base model's config knows only its EOS, and
+    a template's end-of-turn (<|im_end|>, <|eot_id|>) is often another token."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    ids = ids + [tokenizer.eos_token_id, end_of_turn_id(tokenizer)]
+    return sorted({i for i in ids if i is not None})
 
 
 class ChatModel:
     """A run's model ready to answer. `use_adapter=False` answers as the base model."""
 
-    def __init__(self, run: RunDir | str | Path):
+    def __init__(self, run: RunDir | str | Path, device: int | str | None = None):
+        """device: a GPU index or "cpu"; None: `chat_device()`."""
         self.run = run if isinstance(run, RunDir) else open_run(run)
         self.config: RunConfig = self.run.read_config()
+        self.device = chat_device() if device is None else device
+        dtype = chat_dtype(self.config, self.device)
         # One generation at a time: the adapter switch is model-wide state.
         self._lock = threading.Lock()
         self._base_model = None
@@ -35,22 +84,22 @@ class ChatModel:
             from peft import PeftModel
             self.tokenizer = load_tokenizer(str(adapter))
             # QLoRA adapters are used on the same 4-bit base they were trained on.
-            base_dtype = resolve_compute_dtype(self.config) if self.config.method == "qlora" else torch.float32
+            qlora = self.config.method == "qlora"
+            base_dtype = resolve_compute_dtype(self.config) if qlora else dtype
             with model_build_lock:  # the adapters are built under torch's default dtype too
-                base = load_base_model(self.config, base_dtype,
-                                       quantization=bnb_config(self.config) if self.config.method == "qlora" else None)
-                self.model = PeftModel.from_pretrained(base, str(adapter))
+                base = load_base_model(self.config, base_dtype, quantization=bnb_config(self.config) if qlora else None,
+                                       device=self.device)
+                self.model = PeftModel.from_pretrained(base, str(adapter), torch_device=_torch_device(self.device))
             self.has_adapter = True
         elif full.is_dir():
             self.tokenizer = load_tokenizer(str(full))
             with model_build_lock:
-                self.model = AutoModelForCausalLM.from_pretrained(str(full), dtype=torch.float32)
+                self.model = AutoModelForCausalLM.from_pretrained(str(full), dtype=dtype, **placement(None, self.device))
             self.has_adapter = False
         else:
             status = self.run.read_status().get("status")
             raise UserError(f"run {self.run.run_id} has no trained result yet (status: {status}); "
                             f"chat with a completed or stopped run")
-        _to_device(self.model)
         self.model.eval()
 
     @classmethod
@@ -64,7 +113,7 @@ class ChatModel:
         if self.has_adapter:
             return self.model, self.model.disable_adapter()
         if self._base_model is None:
-            self._base_model = _to_device(load_base_model(self.config, torch.float32))
+            self._base_model = load_base_model(self.config, chat_dtype(self.config, self.device), device=self.device)
             self._base_model.eval()
         return self._base_model, contextlib.nullcontext()
 
@@ -80,7 +129,8 @@ class ChatModel:
             raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
             raise UserError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
-        kw = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        kw = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                  eos_token_id=stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None)))
         if temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:
@@ -130,12 +180,13 @@ class ChatModel:
 class BaseChatModel(ChatModel):
     """A model with no run: for chatting with a base model before any training."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, device: int | str | None = None):
         self.config = RunConfig(model=model)
+        self.device = chat_device() if device is None else device
         self._lock = threading.Lock()
         self._base_model = None
         self.tokenizer = load_tokenizer(model)
-        self.model = _to_device(load_base_model(self.config, torch.float32))
+        self.model = load_base_model(self.config, chat_dtype(self.config, self.device), device=self.device)
         self.model.eval()
         self.has_adapter = False
 
@@ -143,9 +194,6 @@ class BaseChatModel(ChatModel):
         return self.model, contextlib.nullcontext()
 
 
-def _to_device(model):
-    """Move a full-precision model to the GPU when there is one. 4-bit models are already
-    placed by bitsandbytes at load time and cannot be moved."""
-    if torch.cuda.is_available() and not getattr(model, "is_loaded_in_4bit", False):
-        model.to("cuda")
-    return model
+def _torch_device(device: int | str) -> str:
+    """peft's name for `device` (it would put the adapter weights on cuda:0 otherwise)."""
+    return device if isinstance(device, str) else f"cuda:{device}"

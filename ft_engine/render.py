@@ -92,6 +92,26 @@ def render(example: Example, tokenizer, train_on_prompt: bool = False) -> Render
     return Rendered(full, spans)
 
 
+def end_of_turn_id(tokenizer) -> int | None:
+    """The special token the chat template closes an assistant turn with, which is what a model
+    tuned on that template learns to emit last: <|eot_id|> for Llama 3, <|im_end|> for ChatML
+    models, EOS for models.CHATML_TEMPLATE. None when the turn ends in plain text only (no
+    special token), or the template does not render turn by turn.
+
+    Found from a probe conversation, the way `render` finds assistant spans: the first special
+    token after the answer in what the assistant turn adds."""
+    answer = "Hi"
+    messages = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": answer}]
+    prefix = _template(tokenizer, messages[:1], add_generation_prompt=True)
+    through = _template(tokenizer, messages, add_generation_prompt=False)
+    turn = through[len(prefix):] if through.startswith(prefix) else ""
+    if answer not in turn:
+        return None
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    tail = turn.split(answer, 1)[1]
+    return next((i for i in tokenizer(tail, add_special_tokens=False)["input_ids"] if i in special), None)
+
+
 def encode(example: Example, tokenizer, max_seq_len: int, train_on_prompt: bool = False) -> EncodedRow:
     rendered = render(example, tokenizer, train_on_prompt)
     # Templates already contain BOS and friends; plain text gets the tokenizer's own specials.

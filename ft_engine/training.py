@@ -22,8 +22,9 @@ import shutil
 import threading
 import time
 import traceback
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
@@ -31,6 +32,7 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments, se
 from . import memory
 from .config import RunConfig
 from .data import load_examples
+from .disk import check_disk, planned_steps
 from .errors import UserError, hide_tokens
 from .forecast import memory_first
 from .models import build_model, check_max_seq_len, load_tokenizer, resolve_precision
@@ -56,6 +58,58 @@ def trainer_optimizer(optimizer: str, cuda: bool) -> str:
     return _OPTIMIZERS[optimizer]
 
 
+class OneDeviceArguments(TrainingArguments):
+    """TrainingArguments that use one device whatever the machine has. On a machine with 2+
+    GPUs the stock Trainer (not launched distributed) wraps the model in nn.DataParallel: the
+    batch silently becomes batch_size × GPUs and the steps no longer match the studio's
+    (issue 10). Spreading a run over GPUs is a deliberate choice (accelerate launch), not this.
+    The run trains on cuda:0, the first GPU CUDA_VISIBLE_DEVICES shows."""
+
+    @property
+    def n_gpu(self) -> int:
+        return min(super().n_gpu, 1)
+
+
+def training_arguments(cfg: RunConfig, run: RunDir, evaluates: bool) -> OneDeviceArguments:
+    """The Trainer's arguments for `cfg` (optimizer already resolved); `evaluates`: the run
+    holds out rows to evaluate on."""
+    precision = resolve_precision(cfg)
+    save = cfg.checkpoint_steps > 0
+    lean = cfg.optimizer == "adamw_lean"
+    clip = 0.0 if lean else cfg.max_grad_norm  # 0 = no clipping; adamw_lean cannot clip (see run())
+    return OneDeviceArguments(
+        output_dir=str(run.path / CHECKPOINTS_DIR),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=clip,
+        optim=trainer_optimizer("adamw_torch" if lean else cfg.optimizer, torch.cuda.is_available()),
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if save else "no",
+        save_steps=cfg.checkpoint_steps if save else 500,
+        save_total_limit=cfg.checkpoints_kept,
+        eval_strategy="steps" if (evaluates and cfg.eval_steps > 0) else "no",
+        eval_steps=cfg.eval_steps or None,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="no",  # LeanTrainer counts real (non-padding) tokens itself
+        label_names=["labels"],
+        prediction_loss_only=True,
+    )
+
 class _RunCallback(TrainerCallback):
     """Writes metrics and status as training goes, and honours the stop event."""
 
@@ -65,13 +119,20 @@ class _RunCallback(TrainerCallback):
         self.t0 = time.perf_counter()
         self.last_t = self.t0
         self.last_tokens = 0
+        # tokens/s counts training time only: seconds the trainer spent evaluating and saving
+        # checkpoints (LeanTrainer.paused_s, set once the trainer exists) are taken out
+        self.paused_s: Callable[[], float] = lambda: 0.0
+        self.last_paused = 0.0
+        self.train_s = 0.0  # training seconds of this session so far
+        self.tokens_at_begin = 0
 
     def _elapsed(self) -> float:
         return round(self.job.elapsed_before + time.perf_counter() - self.t0, 3)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last_t = time.perf_counter()  # model loading is not training time for tokens/s
-        self.last_tokens = state.num_input_tokens_seen or 0
+        self.last_tokens = self.tokens_at_begin = state.num_input_tokens_seen or 0
+        self.last_paused = self.paused_s()
         self.run.write_status(status=Status.RUNNING, step=state.global_step, total_steps=state.max_steps)
         self.job.event("started", f"training {state.max_steps} steps", state.global_step)
 
@@ -90,7 +151,9 @@ class _RunCallback(TrainerCallback):
         row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
         if "loss" in logs:
             tokens = state.num_input_tokens_seen or 0
-            dt = max(now - self.last_t, 1e-9)
+            paused = self.paused_s()
+            dt = max(now - self.last_t - (paused - self.last_paused), 1e-9)
+            self.train_s += dt
             row.update(
                 loss=logs["loss"],
                 learning_rate=logs.get("learning_rate"),
@@ -98,7 +161,7 @@ class _RunCallback(TrainerCallback):
                 tokens_seen=int(tokens),
                 tokens_per_second=round((tokens - self.last_tokens) / dt, 1),
             )
-            self.last_t, self.last_tokens = now, tokens
+            self.last_t, self.last_tokens, self.last_paused = now, tokens, paused
         elif "eval_loss" in logs:
             row["eval_loss"] = logs["eval_loss"]
             self.job.event("evaluated", f"eval loss {logs['eval_loss']:.4f}", state.global_step)
@@ -112,6 +175,17 @@ class _RunCallback(TrainerCallback):
         log.info("step %d/%d %s mem %.0f MiB", state.global_step, state.max_steps,
                  f"loss {row['loss']:.4f} tok/s {row['tokens_per_second']:.0f}" if "loss" in row
                  else f"eval loss {row['eval_loss']:.4f}", row["mem_peak_mib"])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # the steps after the last logged one are training time too
+        now, paused = time.perf_counter(), self.paused_s()
+        self.train_s += max(now - self.last_t - (paused - self.last_paused), 0.0)
+        self.last_t, self.last_tokens, self.last_paused = now, state.num_input_tokens_seen or 0, paused
+
+    def tokens_per_second(self) -> float | None:
+        """Real tokens trained in this session over its training seconds (not a mean of the
+        logged rates: intervals differ in length, and evaluating and saving are not training)."""
+        return round((self.last_tokens - self.tokens_at_begin) / self.train_s, 1) if self.train_s > 0 else None
 
     def on_save(self, args, state, control, **kwargs):
         self.job.event("checkpoint", f"checkpoint-{state.global_step} saved", state.global_step)
@@ -130,12 +204,19 @@ class TrainingJob:
         self.elapsed_before = 0.0  # seconds trained in earlier sessions of a resumed run
         self.resume_from: Path | None = None
         self.forecast_mib: float | None = None  # the memory forecast made for this run (peak)
+        self.callback: _RunCallback | None = None  # made with the trainer
 
     # --- prepare: everything that can fail on user input, before anything is written ------
     def prepare(self) -> RunDir:
         """Validate data (tokenizer needed for lengths), then create the run dir as `queued`.
         A bad file or model raises UserError and leaves nothing on disk."""
         cfg = self.config
+        if cfg.optimizer == "adamw_lean" and resolve_precision(cfg) == "fp16":
+            # config validation refuses precision fp16 itself; `auto` becomes fp16 only here, on
+            # a GPU without bf16 tensor cores (a T4)
+            raise UserError("optimizer adamw_lean cannot undo fp16 loss scaling (its step runs inside backward), "
+                            "and precision auto is fp16 on this GPU (no bf16 tensor cores): use optimizer "
+                            "adamw_8bit or auto, or precision fp32")
         data = load_examples(cfg.data, cfg.data_format)
         rows_in_file = len(data.examples)
         if cfg.max_rows:
@@ -147,6 +228,10 @@ class TrainingJob:
         if len(self.encoded.rows) - n_val < 1:
             raise UserError(f"{cfg.data}: {len(self.encoded.rows)} usable rows leave nothing to train "
                             f"after holding out {n_val} for validation; lower val_fraction or add rows")
+        # A run the disk cannot hold is refused now, not at a checkpoint hours in (disk.py); a
+        # resumed run's own files count as room.
+        disk_note = check_disk(cfg, planned_steps(cfg, len(self.encoded.rows) - n_val),
+                               self.run_dir.path if self.run_dir else None)
         if self.run_dir is None:
             runs = Path(cfg.runs_dir)
             runs.mkdir(parents=True, exist_ok=True)
@@ -162,7 +247,7 @@ class TrainingJob:
             self.run_dir.write_status(
                 status=Status.QUEUED, name=cfg.run_name or self.run_dir.run_id, method=cfg.method,
                 model=cfg.model, step=0, total_steps=None, created_at=utc_now(),
-                started_at=None, ended_at=None, error=None)
+                started_at=None, ended_at=None, error=None, disk_forecast=disk_note)
             if len(data.examples) < rows_in_file:
                 self.event("data", f"training on the first {len(data.examples)} of {rows_in_file} rows "
                                    f"(max_rows={cfg.max_rows})")
@@ -191,6 +276,11 @@ class TrainingJob:
             # give back what it frees (forecast.memory_first, memory.LEAN_MMAP_THRESHOLD).
             returned = memory_first(cfg, "cuda" if torch.cuda.is_available() else "cpu")
             with memory.cpu_blocks_returned_when_freed() if returned else contextlib.nullcontext():
+                if torch.cuda.is_available():
+                    # what was just let go (a chat model the studio dropped for this run) goes
+                    # back to the GPU before the run's measurement starts
+                    gc.collect()
+                    torch.cuda.empty_cache()
                 memory.reset_peak()
                 set_seed(cfg.seed)
                 model, info = build_model(cfg)
@@ -255,42 +345,8 @@ class TrainingJob:
         n_val = _n_val(len(rows), cfg.val_fraction)
         train_ds = Dataset.from_list(rows[n_val:])
         eval_ds = Dataset.from_list(rows[:n_val]) if n_val else None
-        precision = resolve_precision(cfg)
-        save = cfg.checkpoint_steps > 0
         lean = cfg.optimizer == "adamw_lean"
-        clip = 0.0 if lean else cfg.max_grad_norm  # 0 = no clipping; adamw_lean cannot clip (see run())
-        args = TrainingArguments(
-            output_dir=str(run.path / CHECKPOINTS_DIR),
-            per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.learning_rate,
-            num_train_epochs=cfg.epochs,
-            max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
-            lr_scheduler_type=cfg.scheduler,
-            warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
-            weight_decay=cfg.weight_decay,
-            max_grad_norm=clip,
-            optim=trainer_optimizer("adamw_torch" if lean else cfg.optimizer, torch.cuda.is_available()),
-            logging_steps=cfg.logging_steps,
-            save_strategy="steps" if save else "no",
-            save_steps=cfg.checkpoint_steps if save else 500,
-            save_total_limit=cfg.checkpoints_kept,
-            eval_strategy="steps" if (eval_ds is not None and cfg.eval_steps > 0) else "no",
-            eval_steps=cfg.eval_steps or None,
-            bf16=precision == "bf16",
-            fp16=precision == "fp16",
-            use_cpu=not torch.cuda.is_available(),
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
-            include_num_input_tokens_seen="no",  # LeanTrainer counts real (non-padding) tokens itself
-            label_names=["labels"],
-            prediction_loss_only=True,
-        )
+        args = training_arguments(cfg, run, evaluates=eval_ds is not None)
         # Padding-free: one lane per batch with flash-attention's variable-length kernel, else
         # lanes no longer than the batch's longest row (packing.py says why).
         # A batch cut into passes (tokens_per_pass) keeps its lanes: a pass is whole lanes.
@@ -303,11 +359,15 @@ class TrainingJob:
         # LR schedule for it and saves and restores its state with checkpoints.
         optimizer = AdamWInBackward(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                     seed=cfg.seed) if lean else None
+        callback = self.callback = _RunCallback(self)
         trainer = LeanTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                               data_collator=collator, processing_class=self.tokenizer,
-                              callbacks=[_RunCallback(self)], optimizers=(optimizer, None),
+                              callbacks=[callback], optimizers=(optimizer, None),
                               defer_head_gradient=lean,  # adamw_lean: memory first
                               pass_budget=budget)
+        # weakly: the job outlives its trainer, and must not keep it (and the model) alive
+        trainer_ref = weakref.ref(trainer)
+        callback.paused_s = lambda: getattr(trainer_ref(), "paused_s", 0.0)
         trainer.remove_callback(PrinterCallback)  # our callback logs; don't print dicts to stdout
         return trainer
 
@@ -343,6 +403,11 @@ class TrainingJob:
         target = self.run_dir.path / name
         tmp, old = self.run_dir.path / f".{name}.tmp", self.run_dir.path / f".{name}.old"
         shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash mid-save
+        if self.config.method == "full" and getattr(model, "generation_config", None) is not None:
+            # a full model is used as it is saved (export copies it): make any generate() stop
+            # at the chat template's end of turn, as the studio's chat does
+            from .inference import stop_token_ids
+            model.generation_config.eos_token_id = stop_token_ids(self.tokenizer, model.generation_config)
         model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
         if target.exists():  # a resumed run replaces the result it saved when it was stopped
@@ -369,14 +434,14 @@ class TrainingJob:
         return {"forecast_mib": self.forecast_mib, "forecast_needed_mib": round(fc.needed_mib, 1),
                 "forecast_device": fc.device, "forecast_seq_len": longest,
                 "forecast_tokens_per_batch": fc.details["tokens_per_batch"],
-                "forecast_components_mib": fc.mib(), "forecast_error": None}
+                "forecast_components_mib": fc.mib(), "forecast_peak_phase": fc.peak_phase,
+                "forecast_error": None}
 
     def _final_stats(self) -> dict[str, Any]:
         rows = self.run_dir.read_metrics()
         train = [r for r in rows if "loss" in r]
         evals = [r for r in rows if "eval_loss" in r]
         mem = memory.snapshot()
-        tps = [r["tokens_per_second"] for r in train[1:]] or [r["tokens_per_second"] for r in train]
         peak = max([mem["mem_peak_mib"]] + [r.get("mem_peak_mib", 0) for r in rows])
         extra: dict[str, Any] = {}
         if "mem_peak_reserved_mib" in mem:  # CUDA: what the caching allocator held, too
@@ -387,7 +452,8 @@ class TrainingJob:
         return {**extra,
             "final_loss": train[-1]["loss"] if train else None,
             "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
-            "tokens_per_second": round(sum(tps) / len(tps), 1) if tps else None,
+            "tokens_per_second": self.callback.tokens_per_second() if self.callback else None,
+            "train_time_s": round(self.callback.train_s, 3) if self.callback else None,
             "elapsed_s": rows[-1]["elapsed_s"] if rows else None,
             "mem_device": mem["mem_device"],
             "mem_peak_mib": peak,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import stack
 from .config import RunConfig
@@ -35,6 +35,9 @@ class Worker:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._resuming: set[str] = set()  # run ids being prepared for resume, not yet queued
+        # called with the run id just before each run starts, in the worker's thread (the
+        # studio frees a chat model that sits on the GPU the run is about to train on)
+        self.before_run: list[Callable[[str], None]] = []
 
     # --- submitting ---------------------------------------------------------------------------
     def submit(self, config: RunConfig) -> RunDir:
@@ -128,6 +131,8 @@ class Worker:
                 self._current = self._queue.popleft()
             job = self._current
             try:
+                for hook in self.before_run:
+                    hook(job.run_dir.run_id)
                 job.run()  # records its own failures in status.json; never raises for a bad run
             except Exception:  # a bug in the job itself: keep the worker alive for the others
                 log.exception("job %s crashed the worker loop", job.run_dir.run_id)

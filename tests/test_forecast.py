@@ -266,6 +266,99 @@ def test_activation_checkpointing_and_batch_lower_activations():
         assert few < base / 3
 
 
+# --- the peak: the phases of a GPU step, the sum on CPU ---------------------------------------
+
+ALWAYS_ALIVE = ("weights_frozen", "weights_trainable", "quant_constants", "gradients", "optimizer_state",
+                "runtime_overhead")
+
+
+def phase_peak(f) -> tuple[int, str]:
+    """The GPU peak computed here, from the components: what lives throughout + the larger of
+    forward/backward's transients and the optimizer step's scratch."""
+    c = f.components
+    persistent = sum(c[k] for k in ALWAYS_ALIVE)
+    forward_backward = c["activations"] + c["logits_loss"] + c["autocast_copies"]
+    step = c["optimizer_temp"]
+    return persistent + max(forward_backward, step), "optimizer step" if step > forward_backward else "forward/backward"
+
+
+@pytest.mark.parametrize("method, seq", [("full", 64), ("full", 2048), ("lora", 64), ("lora", 2048)])
+def test_cuda_peak_is_the_larger_phase(method, seq):
+    """Activations, logits and autocast copies are freed before optimizer.step(). AdamW on CUDA
+    is torch's fused kernel, which updates in place (no scratch), so forward/backward is the
+    peak and the step adds nothing on top of it."""
+    shape = model_shape("llama-3.2-1b-shape")
+    cfg = RunConfig(method=method, optimizer="adamw_torch", batch_size=1, max_seq_len=seq)
+    f = forecast(cfg, shape, "cuda")
+    assert f.components["optimizer_temp"] == 0
+    assert forecast(cfg, shape, "cpu").components["optimizer_temp"] > 0  # the CPU's per-tensor loop has one
+    peak, expected_phase = phase_peak(f)
+    assert expected_phase == "forward/backward"
+    assert f.total_bytes == peak and f.details["peak_phase"] == f.peak_phase == "forward/backward"
+    c = fcm.DEFAULTS  # what must be free follows the peak, and so does the verdict
+    assert f.needed_bytes == int(peak * (1 + c.cuda_fragmentation)) + c.cuda_context
+    d = f.to_dict()
+    assert sum(d["peak_components_bytes"].values()) == d["total_bytes"] == peak and d["peak_phase"] == f.peak_phase
+    assert d["components_bytes"] == f.components  # every component is still shown
+
+
+def test_a_phased_peak_leaves_out_the_phase_that_is_not_alive():
+    """The phase rule itself, on a GPU forecast whose optimizer step is given a scratch larger
+    than the forward/backward transients (as a for-each AdamW would have): the peak is then the
+    step's, and the activations are left out."""
+    shape = model_shape("llama-3.2-1b-shape")
+    f = forecast(RunConfig(method="full", optimizer="adamw_torch", batch_size=1, max_seq_len=64), shape, "cuda")
+    f.components["optimizer_temp"] = 4 * shape.total
+    peak, phase = phase_peak(f)
+    assert phase == f.peak_phase == "optimizer step" and f.total_bytes == peak < sum(f.components.values())
+    assert f.not_at_peak_bytes == sum(f.components.values()) - peak
+    assert f.peak_components()["activations"] == 0 and f.peak_components()["optimizer_temp"] == 4 * shape.total
+
+
+def test_cpu_and_adamw_lean_keep_the_sum():
+    """CPU totals were calibrated as the sum (peak RSS keeps freed memory); adamw_lean updates
+    inside backward, so its scratch and the activations overlap, on a GPU too."""
+    shape = model_shape("llama-3.2-1b-shape")
+    for method in ("full", "lora", "qlora"):
+        for seq in (64, 2048):
+            f = forecast(RunConfig(method=method, optimizer="adamw_torch", batch_size=1, max_seq_len=seq), shape, "cpu")
+            assert f.total_bytes == sum(f.components.values()) and f.peak_phase == "whole step"
+            assert f.peak_components() == f.components and f.not_at_peak_bytes == 0
+    lean = forecast(RunConfig(method="full", optimizer="adamw_lean", precision="bf16", batch_size=1,
+                              max_seq_len=64), shape, "cuda")
+    assert lean.components["optimizer_temp"] > 0 and lean.total_bytes == sum(lean.components.values())
+    assert lean.peak_phase == "whole step"
+
+
+def test_plan_on_a_gpu_adds_up_to_its_peak(capsys):
+    assert main(["plan", "--model", "llama-3.2-1b-shape", "--method", "all", "--device", "cuda", "--batch-size", "1",
+                 "--max-seq-len", "64", "--optimizer", "adamw_torch"]) == 0
+    out = capsys.readouterr().out
+    assert "not alive at the peak *" not in out  # fused AdamW: nothing of the step is apart from backward
+    rows = {line[:28].strip(): line[28:].split() for line in out.splitlines() if line[:28].strip() in
+            (*fcm.COMPONENT_LABELS.values(), "not alive at the peak *", "total (peak)")}
+    full = [float(v[0].replace(",", "")) for k, v in rows.items() if k != "total (peak)"]
+    assert sum(full) == pytest.approx(float(rows["total (peak)"][0].replace(",", "")), abs=1)  # the column adds up
+
+
+def test_plan_says_the_disk_a_run_needs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["plan", "--model", "llama-3.2-1b-shape", "--method", "full", "--device", "cpu",
+                 "--optimizer", "adamw_torch", "--checkpoints-kept", "1", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out  # steps not known: the kept one and the next, then the result
+    assert (f"full: disk: this run will take up to 34.7 GB in {runs} (2 checkpoints of 14.8 GB while the "
+            f"newest is written + the 5.0 GB model)") in out
+    assert main(["plan", "--model", "llama-3.2-1b-shape", "--method", "full", "--device", "cpu",
+                 "--optimizer", "adamw_torch", "--max-steps", "30", "--checkpoint-steps", "50",
+                 "--runs-dir", str(runs)]) == 0  # 30 steps: one checkpoint, at the last step
+    assert "take up to 19.8 GB" in capsys.readouterr().out
+    assert main(["plan", "--model", "llama-3.2-1b-shape", "--method", "lora", "--device", "cpu", "--json",
+                 "--checkpoint-steps", "0", "--runs-dir", str(runs)]) == 0
+    d = json.loads(capsys.readouterr().out)["methods"]["lora"]["disk"]
+    assert d["checkpoints_at_once"] == 0 and d["peak_bytes"] == d["result_bytes"] + d["run_files_bytes"]
+    assert d["fits"] is True and not runs.exists()  # planning writes nothing
+
+
 # --- forecast vs a measured run -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -330,7 +423,10 @@ def test_plan_llama_1b_json_all_methods():
     assert report["shape"]["params"]["total"] == 1_235_814_400
     for v in m.values():
         assert v["verdict"] in ("fits", "tight", "will not fit")
-        assert sum(v["components_bytes"].values()) == v["total_bytes"]
+        assert sum(v["peak_components_bytes"].values()) == v["total_bytes"]  # what is alive at the peak
+        if report["available"]["device"] == "cpu":  # on CPU that is every component
+            assert sum(v["components_bytes"].values()) == v["total_bytes"]
+        assert v["disk"]["peak_bytes"] > 0 and "take up to" in v["disk"]["line"]
 
 
 def test_plan_seq_len(capsys):

@@ -151,3 +151,40 @@ def test_the_train_tab_says_what_precision_auto_becomes(tiny_model, chat_file, m
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability, **k: c)
         gpu = memory_view(config, available=("cuda", 16 * GIB, "GPU 0"))
         assert gpu.auto_precision == expected and f"**{expected}**" in verdict_markdown(gpu)
+
+
+def test_on_a_gpu_the_bars_stack_what_is_alive_at_the_peak(tmp_path):
+    """A GPU's step has two phases never alive together (forecast.PHASES): each method's bars
+    add up to its peak, and the verdict says which phase it is and what is left out."""
+    from ft_engine.forecast import LLAMA_1B_SHAPE
+    config = RunConfig(model=LLAMA_1B_SHAPE, method="full", optimizer="adamw_torch", batch_size=1, max_seq_len=64,
+                       runs_dir=str(tmp_path / "runs"))
+    view = memory_view(config, available=("cuda", 200 * GIB, "test GPU"))
+    bars = [t for t in forecast_figure(view).data if t.type == "bar"]
+    shape = model_shape(LLAMA_1B_SHAPE)
+    for i, m in enumerate(METHOD_ORDER):
+        fc = forecast(config.replace(method=m), shape, "cuda")
+        assert sum(b.y[i] for b in bars) * 1024 == pytest.approx(fc.total_mib, rel=1e-6)
+    # fused AdamW has no step scratch: forward/backward is the peak and nothing is left out to say
+    assert view.peak_phase["full"] == view.peak_phase["lora"] == "forward/backward"
+    assert "The peak comes in" not in verdict_markdown(view)
+    # on a CPU every component counts (calibrated that way): nothing is said
+    assert "The peak comes in" not in verdict_markdown(memory_view(config, available=("cpu", 200 * GIB, "RAM")))
+
+
+def test_the_train_tab_shows_the_disk_and_start_is_refused_when_short(tiny_model, chat_file, tmp_path, monkeypatch):
+    from ft_engine import disk
+    from ui.context import Studio
+    from ui.studio import build_studio
+    studio = Studio(tmp_path / "runs")
+    config = cfg(tiny_model, chat_file, runs_dir=str(studio.runs_dir))
+    md = verdict_markdown(memory_view(config, available=("cpu", 100 * GIB, "test RAM")))
+    assert "💾 This run will take up to" in md and f"in {studio.runs_dir} (3 checkpoints" in md and "free." in md
+    monkeypatch.setattr(disk, "free_bytes", lambda path: 1000)
+    md = verdict_markdown(memory_view(config, available=("cpu", 100 * GIB, "test RAM")))
+    assert "💾 ❌ Start will be refused, not enough disk" in md and "checkpoint_steps to 0" in md
+    start = _endpoint(build_studio(studio), "start_training")
+    refused = start(str(studio.keep_upload(str(chat_file))), tiny_model, "lora", "Quick demo",
+                    '{"max_steps": 1}', True)  # start anyway is about memory: the disk is not overridden
+    assert refused["run_id"] == "" and "not enough disk" in refused["message"]
+    assert studio.runs() == []

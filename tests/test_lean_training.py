@@ -459,7 +459,7 @@ def test_models_are_built_one_at_a_time(monkeypatch):
     from ft_engine import models
     inside, release, order = threading.Event(), threading.Event(), []
 
-    def slow_load(config, dtype, quantization=None):
+    def slow_load(config, dtype, quantization=None, device=None):
         order.append(("start", dtype))
         if dtype == torch.bfloat16:
             inside.set()

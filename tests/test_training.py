@@ -207,7 +207,7 @@ def test_bad_data_leaves_nothing_on_disk(tiny_model, tmp_path, runs_dir):
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora"])
+@pytest.mark.parametrize("method", ["lora"])  # QLoRA merges onto its dequantized base: tests/test_export.py
 def test_merged_model_gives_the_adapters_outputs(tiny_model, chat_file, runs_dir, tmp_path, method):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -216,7 +216,7 @@ def test_merged_model_gives_the_adapters_outputs(tiny_model, chat_file, runs_dir
     assert status == Status.COMPLETED
     out = export_merged(run, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    # reference: the full-precision base with the adapter applied (QLoRA merges onto it too)
+    # reference: the full-precision base with the adapter applied
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     ref = PeftModel.from_pretrained(base, str(run.path / "adapter")).eval()
     ids = load_tokenizer(tiny_model)("The capital of Zubrowka is", return_tensors="pt")["input_ids"]
@@ -251,3 +251,61 @@ def test_chat_toggles_adapter_on_one_model(tiny_model, chat_file, runs_dir):
     assert chat.generate(q, max_new_tokens=12) == tuned  # adapter back on after the base answer
     sampled = chat.generate(q, max_new_tokens=5, temperature=1.0, top_p=0.9)
     assert isinstance(sampled, str)
+
+
+def test_a_base_model_tuned_on_the_fallback_template_stops_at_eos(tmp_path, runs_dir):
+    """A model with no chat template is tuned on ChatML turns that end with its own EOS, so
+    after memorising two answers its replies end there, far short of max_new_tokens (issue 10:
+    the old fallback ended turns with "<|im_end|>" as text, and replies ran to the limit)."""
+    from conftest import write_jsonl
+    from tiny_model import make_base_tokenizer, make_tiny_model
+
+    from ft_engine.models import CHATML_TEMPLATE
+    model = make_tiny_model(tmp_path / "base", tokenizer=make_base_tokenizer())
+    qa = [("Translate hello into French.", "Bonjour."), ("What is two plus two?", "Four.")]
+    data = write_jsonl(tmp_path / "qa.jsonl", [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in qa])
+    # measured: the loss falls from ~6 to ~1 in 12 full steps at this rate, and both answers are exact
+    run, status = train(cfg_for(str(model), data, runs_dir, "full", batch_size=2, max_steps=12,
+                                learning_rate=1e-2))
+    assert status == Status.COMPLETED
+    chat = ChatModel(run)
+    tok = chat.tokenizer
+    assert tok.chat_template == CHATML_TEMPLATE  # saved with the run, loaded back from it
+    max_new = 64
+    for q, a in qa:
+        assert chat.generate(q, max_new_tokens=max_new) == a
+        inputs = chat._inputs(q, None)  # exactly what generate() feeds the model
+        assert inputs["input_ids"][0].tolist().count(tok.bos_token_id) == 1
+        out = chat.model.generate(**inputs, **chat._gen_kwargs(max_new, 0.0, 1.0))[0, inputs["input_ids"].shape[1]:]
+        assert len(out) < max_new and out[-1].item() == tok.eos_token_id, out.tolist()
+        assert list(chat.stream(q, max_new_tokens=max_new))[-1].strip() == a
+
+
+def test_tokens_per_second_counts_training_time_only(tiny_model, data_files, runs_dir, monkeypatch):
+    """Checkpoint saves made slow on purpose (0.4 s each) stay out of tokens/s: every row's
+    rate and the final figure are real tokens over training seconds, and the final figure is
+    total tokens over total training time, not a mean of the rows' rates."""
+    from transformers import Trainer
+    slow = 0.4
+    save = Trainer._save_checkpoint
+
+    def slow_save(self, model, trial):
+        time.sleep(slow)
+        save(self, model, trial)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", slow_save)  # the stock save, which LeanTrainer times
+    cfg = cfg_for(tiny_model, data_files["chat"], runs_dir, max_steps=6, val_fraction=0.25, eval_steps=2,
+                  checkpoint_steps=1, checkpoints_kept=1)
+    run, status = train(cfg)
+    assert status == Status.COMPLETED
+    s, rows = run.read_status(), [r for r in run.read_metrics() if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    # 6 saves of >= 0.4 s happened inside the training loop's wall time ...
+    assert rows[-1]["elapsed_s"] - rows[0]["elapsed_s"] >= 5 * slow
+    # ... but not inside training time: the rows' own intervals add up to less than the wall
+    # time by at least the sleeps between them
+    intervals = [(b["tokens_seen"] - a["tokens_seen"]) / b["tokens_per_second"] for a, b in zip(rows, rows[1:])]
+    assert sum(intervals) <= rows[-1]["elapsed_s"] - rows[0]["elapsed_s"] - 5 * slow + 0.05
+    assert 0 < s["train_time_s"] < rows[-1]["elapsed_s"] - 5 * slow
+    assert s["tokens_per_second"] == pytest.approx(rows[-1]["tokens_seen"] / s["train_time_s"], rel=0.02)

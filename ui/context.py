@@ -37,6 +37,7 @@ class Studio:
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.worker.before_run.append(self._free_gpu_for_run)
 
     # --- data files -----------------------------------------------------------------------
     def check_upload(self, tmp_path: str) -> Path:
@@ -99,7 +100,7 @@ class Studio:
     def chat_model(self, run_id: str):
         """The ChatModel of a run, loading it if needed (and unloading the previous one)."""
         stack.load()  # one thread at a time imports transformers (ft_engine/stack.py)
-        from ft_engine.inference import ChatModel
+        from ft_engine.inference import ChatModel, chat_device
         run = self.run(run_id)
         # a resumed run saves a new result (a renamed folder): the loaded copy is then stale
         stat = run.result_dir.stat() if run.result_dir else None
@@ -107,8 +108,20 @@ class Studio:
         with self._chat_lock:
             if self._chat is None or self._chat[0] != key:
                 self._chat = None  # free the old model before loading the next
-                self._chat = (key, ChatModel(run))
+                # refuses (UserError) to load onto the one GPU while a run trains on it
+                device = chat_device(training_run=self.worker.current_run_id)
+                self._chat = (key, ChatModel(run, device=device))
             return self._chat[1]
+
+    def _free_gpu_for_run(self, run_id: str) -> None:
+        """Before a run starts: drop a chat model that sits on the GPU the run trains on (a
+        generation still streaming keeps it until it ends), so the run has the memory its
+        forecast planned. A chat on the CPU or on another GPU stays."""
+        import sys
+        inference = sys.modules.get("ft_engine.inference")
+        with self._chat_lock:
+            if self._chat is not None and inference is not None and inference.shares_gpu_with_runs(self._chat[1].device):
+                self._chat = None  # the run gives the GPU's cache back before it measures (training.py)
 
     def forget_chat(self, run_id: str) -> None:
         with self._chat_lock:

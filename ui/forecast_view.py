@@ -54,12 +54,15 @@ class MemoryView:
     available_mib: float | None
     available_label: str
     needed_mib: dict[str, float]                 # method → memory that must be free
-    groups_mib: dict[str, dict[str, float]]      # method → group → MiB of the predicted peak
+    groups_mib: dict[str, dict[str, float]]      # method → group → MiB alive at the predicted peak
     verdicts: dict[str, str]
     seq_len: int
     fixes: list[Fix] = field(default_factory=list)
     auto_optimizer: str | None = None            # what `optimizer: auto` becomes for this method, here
     auto_precision: str | None = None            # what `precision: auto` becomes on this device
+    peak_phase: dict[str, str] = field(default_factory=dict)        # method → Forecast.peak_phase
+    not_at_peak_mib: dict[str, float] = field(default_factory=dict)  # method → the phase not at the peak
+    disk: str = ""                               # the disk the chosen method's run needs (disk_markdown)
 
     @property
     def verdict(self) -> str:
@@ -72,7 +75,8 @@ class MemoryView:
 
 def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -> MemoryView:
     """Forecast `config` with each method on this machine (or `available`, the tuple
-    ft_engine.forecast.available_memory returns). seq_len: the data's longest row, when known."""
+    ft_engine.forecast.available_memory returns), and the disk its run needs in
+    config.runs_dir. seq_len: the data's longest row, when known."""
     stack.load()  # one thread at a time imports transformers (ft_engine/stack.py)
     from ft_engine.forecast import MIB, available_memory, forecast, model_shape, suggestions, verdict
     shape = model_shape(config.model)  # UserError for unknown or unsupported models
@@ -81,8 +85,10 @@ def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -
     forecasts = {m: forecast(config.replace(method=m), shape, device, seq_len=seq_len, available=avail)
                  for m in METHOD_ORDER}
     verdicts = {m: verdict(fc, avail) for m, fc in forecasts.items()}
-    groups = {m: {g: sum(fc.components[k] for k in keys) / MIB for g, keys in GROUPS.items()}
-              for m, fc in forecasts.items()}
+    # On a GPU the two phases of a step are never alive together (forecast.PHASES): the bars
+    # stack what is alive at the peak, so they add up to it.
+    alive = {m: fc.peak_components() for m, fc in forecasts.items()}
+    groups = {m: {g: sum(alive[m][k] for k in keys) / MIB for g, keys in GROUPS.items()} for m in forecasts}
     fixes = []
     if verdicts[config.method] in ("will not fit", "tight"):
         for desc, new, fc in suggestions(config, shape, avail, seq_len=seq_len)[:MAX_FIXES]:
@@ -95,7 +101,21 @@ def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -
                       groups_mib=groups, verdicts=verdicts,
                       seq_len=chosen.details["seq_len"], fixes=fixes,
                       auto_optimizer=chosen.details["optimizer"] if config.optimizer == "auto" else None,
-                      auto_precision=chosen.precision if config.precision == "auto" else None)
+                      auto_precision=chosen.precision if config.precision == "auto" else None,
+                      peak_phase={m: fc.peak_phase for m, fc in forecasts.items()},
+                      not_at_peak_mib={m: fc.not_at_peak_bytes / MIB for m, fc in forecasts.items()},
+                      disk=disk_markdown(config, device))
+
+
+def disk_markdown(config: RunConfig, device: str | None = None) -> str:
+    """The disk line under the verdict: what the run will take in config.runs_dir against what
+    is free there, or, when that is too little, the refusal Start will give (ft_engine.disk)."""
+    from ft_engine.disk import DiskShortError, check_disk, planned_steps
+    try:
+        line = check_disk(config, planned_steps(config, None), device=device)
+    except DiskShortError as e:
+        return f"💾 ❌ Start will be refused, {e}"
+    return f"💾 {line[0].upper()}{line[1:]}."
 
 
 def longest_row(data_path: str | None, model: str, data_format: str = "auto") -> int | None:
@@ -146,8 +166,10 @@ def verdict_markdown(view: MemoryView) -> str:
     line = (f"{VERDICT_ICONS[view.verdict]} **{name}** needs about **{_gib(need)}** of {where} "
             f"(batches of up to {view.seq_len} tokens); ")
     if view.available_mib is None:
-        return line + f"free memory is unknown here ({view.available_label})."
+        return line + f"free memory is unknown here ({view.available_label})." + _peak_phase_note(view) \
+            + (f"\n\n{view.disk}" if view.disk else "")
     line += f"**{_gib(view.available_mib)}** is free → **{view.verdict}**."
+    line += _peak_phase_note(view)
     if view.auto_precision:
         line += f"\n\nPrecision *auto* → **{view.auto_precision}**: {PRECISION_REASONS[(view.device, view.auto_precision)]}."
     if view.auto_optimizer == "adamw_lean":
@@ -160,7 +182,24 @@ def verdict_markdown(view: MemoryView) -> str:
                  "*Start anyway*.")
     elif view.verdict == "tight":
         line += "\n\nIt should fit, with little to spare; a fix below leaves more room."
+    if view.disk:
+        line += "\n\n" + view.disk
     return line
+
+
+# What is freed before the other phase of a GPU step (ft_engine.forecast.PHASES), in plain words.
+PHASE_FREED = {"forward/backward": "the optimizer step's scratch ({}) is allocated only after backward",
+               "optimizer step": "the activations, logits and autocast copies ({}) are freed by then"}
+
+
+def _peak_phase_note(view: MemoryView) -> str:
+    """On a GPU: which phase of the step peaks, and what the forecast leaves out because it is
+    freed by then (the chart shows only what is alive at the peak)."""
+    phase = view.peak_phase.get(view.method)
+    freed = view.not_at_peak_mib.get(view.method, 0.0)
+    if phase not in PHASE_FREED or freed <= 0:
+        return ""
+    return f"\n\nThe peak comes in the **{phase}**: {PHASE_FREED[phase].format(_gib(freed))} (not counted)."
 
 
 def forecast_figure(view: MemoryView) -> go.Figure:

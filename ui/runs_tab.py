@@ -59,7 +59,9 @@ def build(studio: Studio):
         with gr.Column():
             kind = gr.Radio([("Adapter only (small)", "adapter"), ("Merged standalone model", "merged")],
                             value="adapter", label="Download",
-                            info="Full fine-tuning runs always give the whole model")
+                            info="Full fine-tuning runs always give the whole model. A merged QLoRA model is its "
+                                 "adapter on the dequantized 4-bit base, in the run's bf16/fp16: the model you "
+                                 "trained and chatted with, not the original full-precision weights")
             export_btn = gr.Button("⬇ Prepare download")
             download = gr.File(label="Your file", interactive=False)
         with gr.Column():

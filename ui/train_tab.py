@@ -191,7 +191,8 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
         form = dict(zip(form_names, values))
         hidden = [gr.update(visible=False) for _ in range(MAX_FIXES)]
         try:
-            config = config_from_form({**form, "data": ""}, check_paths=False)
+            # the studio's runs folder, where Start writes: the disk line is about that disk
+            config = config_from_form({**form, "data": "", "runs_dir": str(studio.runs_dir)}, check_paths=False)
             data = form["data"] and studio.checked_data_path(form["data"])  # an upload or a sample, nothing else
             view = memory_view(config, longest_row(data, config.model, config.data_format))
         except UserError as e:  # a half-typed setting or an unknown model: say why, keep going
