@@ -56,6 +56,15 @@ CPU_PASS_TOKENS = 512
 # 2,373 MiB unrounded, 2,118 at 16, 2,012 at 32, 1,998 at 64, with no measurable slowdown (the
 # padding is at most 63 slots per lane, attended by nothing and trained on by nothing).
 PASS_WIDTH_QUANTUM = 64
+# Short passes are padded by less: a width is rounded to a multiple of a quarter of the power of
+# two below it (at least 16, at most PASS_WIDTH_QUANTUM): 80 stays 80, 130 becomes 160, 300 becomes
+# 320. Rounding short rows to 64 cost the Quick demo (rows of 47-119 tokens, batch 4: widths of
+# ~80 padded to 128, 60% more slots) 82 s instead of 69; with these widths it took 59 s
+# (bench/studio_timings.py --methods lora, 2026-12-02). Four widths per octave still bound the
+# number of shapes: the vs_trl LoRA workload peaked at 2,011-2,017 MiB against 1,979 with
+# multiples of 64, in 51-63 s against 70 (bench/vs_trl.py --method lora --only ours, same hour).
+PASS_WIDTH_STEPS_PER_OCTAVE = 4
+PASS_WIDTH_MIN_STEP = 16
 
 
 def pass_budget(tokens_per_pass: int, device: str, step_in_backward: bool) -> int | None:
@@ -75,7 +84,14 @@ def pass_tokens(budget: int | None, seq: int, tokens_per_batch: int) -> int:
     quantum."""
     if budget is None:
         return tokens_per_batch
-    return min(max(budget, _round_up(seq, PASS_WIDTH_QUANTUM)), _round_up(tokens_per_batch, PASS_WIDTH_QUANTUM))
+    return min(max(budget, pass_width(seq)), pass_width(tokens_per_batch))
+
+
+def pass_width(width: int, quantum: int = PASS_WIDTH_QUANTUM) -> int:
+    """`width` padded up to the next pass width: a multiple of a quarter of the power of two
+    below it, at least PASS_WIDTH_MIN_STEP (or `quantum`, if smaller), at most `quantum`."""
+    step = (1 << max(width.bit_length() - 1, 0)) // PASS_WIDTH_STEPS_PER_OCTAVE
+    return _round_up(width, min(quantum, max(min(PASS_WIDTH_MIN_STEP, quantum), step)))
 
 
 def pack_lanes(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -135,17 +151,17 @@ def split_passes(batch: dict[str, torch.Tensor], budget: int, pad_token_id: int,
                  quantum: int = PASS_WIDTH_QUANTUM) -> list[dict[str, torch.Tensor]]:
     """A packed batch (PackedBatch's) cut into passes of consecutive whole lanes, each at most
     `budget` token slots (a lane longer than that is a pass of its own), each trimmed to its
-    longest lane and padded to a multiple of `quantum` (the padding is a row of its own,
-    trained on by nothing, like a lane's padding tail)."""
+    longest lane and padded to `pass_width` (the padding is a row of its own, trained on by
+    nothing, like a lane's padding tail)."""
     lane_tokens = batch["lane_tokens"].tolist()
     passes, start = [], 0
     while start < len(lane_tokens):
         end, width = start + 1, lane_tokens[start]
         while end < len(lane_tokens) and \
-                _round_up(max(width, lane_tokens[end]), quantum) * (end + 1 - start) <= budget:
+                pass_width(max(width, lane_tokens[end]), quantum) * (end + 1 - start) <= budget:
             width = max(width, lane_tokens[end])
             end += 1
-        lanes, width = end - start, _round_up(width, quantum)
+        lanes, width = end - start, pass_width(width, quantum)
         part = {}
         for key, fill in (("input_ids", pad_token_id), ("labels", IGNORE_INDEX), ("shift_labels", IGNORE_INDEX),
                           ("position_ids", None)):

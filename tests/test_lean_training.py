@@ -431,7 +431,7 @@ def test_pass_budget_auto_is_512_on_cpu_whole_batch_on_gpu_and_never_split_for_a
     assert pass_budget(0, "cpu", step_in_backward=True) is None
     assert pass_tokens(None, 512, 3000) == 3000
     assert pass_tokens(512, 300, 3000) == 512 and pass_tokens(512, 700, 3000) == 704
-    assert pass_tokens(512, 100, 200) == 256  # a batch smaller than the budget: itself, rounded
+    assert pass_tokens(512, 100, 200) == 224  # a batch smaller than the budget: itself, rounded (packing.pass_width)
 
 
 def test_tokens_per_pass_is_checked():
@@ -477,3 +477,14 @@ def test_models_are_built_one_at_a_time(monkeypatch):
     first.join(10)
     second.join(10)
     assert order == [("start", torch.bfloat16), ("end", torch.bfloat16), ("start", torch.float32), ("end", torch.float32)]
+
+
+def test_pass_widths_pad_short_passes_by_little_and_keep_few_shapes():
+    """Widths round to a quarter of the power of two below them (16 to PASS_WIDTH_QUANTUM): a
+    short pass is padded by at most a quarter, and the widths from 44 to 704 are few."""
+    from ft_engine.packing import PASS_WIDTH_QUANTUM, pass_width
+    assert [pass_width(w) for w in (44, 62, 80, 119, 130, 300, 500, 700)] == [48, 64, 80, 128, 160, 320, 512, 704]
+    widths = {pass_width(w) for w in range(44, 705)}
+    assert all(w % 16 == 0 for w in widths) and len(widths) <= 20
+    for w in range(16, 705):
+        assert w <= pass_width(w) < w + max(16, min(PASS_WIDTH_QUANTUM, w // 4) + 1)
