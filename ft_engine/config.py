@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -35,6 +36,12 @@ ALL_LINEAR = "all-linear"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # A run name ends up in a folder name: keep it to plain characters.
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+# The seed goes to numpy.random.seed (through transformers.set_seed), which takes 0..2**32 - 1;
+# a bigger one passed validation and failed the run at its first line (issue 11).
+MAX_SEED = 2**32 - 1
+# Every other whole-number setting is a count or a size that torch and the Trainer keep in a C
+# int; beyond this no run is meaningful, and a value there failed at start instead of here.
+MAX_WHOLE_NUMBER = 2**31 - 1
 
 
 def default_runs_dir() -> str:
@@ -178,23 +185,26 @@ class RunConfig:
         need(self.eval_steps >= 0, f"eval_steps must be >= 0 (0 = at the end), got {self.eval_steps}")
         need(self.checkpoint_steps >= 0, f"checkpoint_steps must be >= 0 (0 = none), got {self.checkpoint_steps}")
         need(self.checkpoints_kept >= 1, f"checkpoints_kept must be >= 1, got {self.checkpoints_kept}")
-        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        need(0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED:,} (2**32 - 1), got {self.seed}")
+        problems += _check_number_ranges(self)
+        nul = _texts_with_nul(self)  # reported once, by name; their other checks would only confuse
+        problems += [f"{name} contains a NUL byte (\\x00): remove it" for name in nul]
         if self.optimizer == "adamw_lean":
             problems += lean_optimizer_problems(self)
         if self.method in ("lora", "qlora"):
             need(self.lora_r >= 1, f"lora_r must be >= 1 (try 8 or 16), got {self.lora_r}")
             need(self.lora_alpha >= 1, f"lora_alpha must be >= 1 (try 2 x lora_r), got {self.lora_alpha}")
             need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-            need(bool(self.lora_target_modules) and all(
-                isinstance(m, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", m) for m in self.lora_target_modules),
+            need("lora_target_modules" in nul or (bool(self.lora_target_modules) and all(
+                isinstance(m, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", m) for m in self.lora_target_modules)),
                 f"lora_target_modules must list layer names such as q_proj, v_proj or 'all-linear', "
                 f"got {self.lora_target_modules!r}")
-        if self.run_name:
+        if self.run_name and "run_name" not in nul:
             need(bool(_RUN_NAME.fullmatch(self.run_name)) and ".." not in self.run_name,
                  f"run_name may use letters, digits, space, '_', '.', '-' (at most 64, no '/' or '..'), "
                  f"got {self.run_name!r}")
-        problems += _check_model_id(self.model)
-        if check_paths:
+        problems += [] if "model" in nul else _check_model_id(self.model)
+        if check_paths and "data" not in nul:
             if not self.data:
                 problems.append("data is not set: give the path of a .jsonl/.json/.csv/.parquet/.txt file")
             elif not Path(self.data).is_file():
@@ -238,6 +248,9 @@ class RunConfig:
             values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise UserError(f"{p} is not valid UTF-8 YAML: {e}".splitlines()[0]) from e
+        except RecursionError:  # PyYAML builds nested lists by recursion
+            raise UserError(f"{p} is nested too deeply to read: a config is one mapping of settings "
+                            f"(key: value)") from None
         if not isinstance(values, dict):
             raise UserError(f"{p} must hold a mapping of settings (key: value), got {type(values).__name__}")
         return cls.from_dict(values)
@@ -275,6 +288,29 @@ def _check_literals(cfg: RunConfig) -> list[str]:
             if value not in allowed:
                 problems.append(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
     return problems
+
+
+def _check_number_ranges(cfg: RunConfig) -> list[str]:
+    """Numbers the comparisons in validate() let through: inf and NaN (JSON and YAML can spell
+    both; NaN fails most comparisons, but not `epochs` once max_steps is set) and whole numbers
+    too big for the C ints torch keeps them in."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.type == "float" and isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{f.name} must be a finite number, got {value}")
+        elif f.type == "int" and f.name != "seed" and isinstance(value, int) and value > MAX_WHOLE_NUMBER:
+            problems.append(f"{f.name} must be at most {MAX_WHOLE_NUMBER:,}, got {value}")
+    return problems
+
+
+def _texts_with_nul(cfg: RunConfig) -> list[str]:
+    """The free-text settings (paths, names) holding a NUL byte. The operating system ends a
+    path there, so Python refuses it ('embedded null byte') wherever it is first used: at the
+    start of a run, or in a page's handler. The Literal settings' own check names theirs."""
+    texts = {"model": cfg.model, "data": cfg.data, "runs_dir": cfg.runs_dir, "run_name": cfg.run_name,
+             "lora_target_modules": "".join(m for m in cfg.lora_target_modules or [] if isinstance(m, str))}
+    return [name for name, value in texts.items() if isinstance(value, str) and "\x00" in value]
 
 
 def _check_model_id(model: str) -> list[str]:
@@ -323,9 +359,12 @@ def _coerce(value: Any, hint: Any) -> Any:
         if isinstance(value, bool):
             raise TypeError(f"expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise TypeError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # JSON and YAML spell them (NaN, .inf); no setting means one
+            raise TypeError(f"expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise TypeError(f"expected text, got {value!r}")
@@ -346,3 +385,25 @@ def _field_docs() -> dict[str, str]:
 
 
 FIELD_DOCS: dict[str, str] = _field_docs()
+
+
+# --- chat -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """What one chat request may ask of a loaded model (ft_engine.inference.ChatModel). The
+    defaults cap nothing beyond the model's own context; a studio serving others sets them from
+    FT_CHAT_* (ui/limits.py). A request over a cap is refused with the cap in the message, not
+    cut down without a word."""
+
+    max_new_tokens: int = 0
+    """Most tokens one answer may ask for (0 = no cap)."""
+    max_chars: int = 0
+    """Most characters of the whole conversation (system prompt and every message), checked
+    before anything is tokenized (0 = no cap)."""
+    max_prompt_tokens: int = 0
+    """Most tokens of the prompt as the chat template writes it (0 = the model's context only;
+    prompt plus max_new_tokens must always fit the context)."""
+    max_time_s: float = 0.0
+    """Seconds one answer may generate for, counted from when it gets the model (a wait for
+    another answer does not count); the answer then ends with a note saying so (0 = no limit)."""

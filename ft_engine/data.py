@@ -41,6 +41,13 @@ _USED_COLUMNS: dict[str, tuple[str, ...]] = {**_DETECT_KEYS, "alpaca": ("instruc
 _CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 _SNIFF_BYTES = 8192
+# json's decoder recurses once per [ or {; past Python's recursion limit (1,000 frames, fewer
+# in a server's handler thread) it raises RecursionError, which reached the page raw (issue 11).
+_TOO_DEEP = ("nested too deeply to read (hundreds of [ ] or { } inside each other); a training row needs "
+             "only a few levels, e.g. {\"messages\": [{\"role\": \"user\", \"content\": \"...\"}]}")
+# Python's int() refuses more than 4,300 digits (sys.get_int_max_str_digits(), since 3.11).
+_TOO_LONG_NUMBER = ("holds a number of more than 4,300 digits, too long to read; write numbers of ordinary "
+                    "size, or put the value in quotes")
 _LINE_ROWS = (".jsonl", ".csv", ".txt")  # other types count records, not lines
 
 Issue = tuple[str | None, str]  # (field path, message) inside one row, before the row number is known
@@ -137,6 +144,8 @@ def _check_request(path: str, data_format: str) -> str:
     """Check the file exists, its extension is supported and the format fits it; return the extension."""
     if data_format != "auto" and data_format not in FORMATS:
         raise _fail(path, f"unknown data format '{data_format}'; use 'auto' or one of: {', '.join(FORMATS)}")
+    if "\x00" in path:  # the OS ends a path at a NUL byte; Python refuses it as 'embedded null byte'
+        raise _fail(path.replace("\x00", "\\x00"), "the path contains a NUL byte (\\x00); remove it")
     if not os.path.exists(path):
         raise _fail(path, "file not found; check the path (relative paths start at the current folder)")
     if os.path.isdir(path):
@@ -204,8 +213,8 @@ def _read_jsonl(path: str, text: str) -> tuple[Records, list[DataProblem]]:
     if text.lstrip().startswith("["):
         try:
             whole = json.loads(text)
-        except json.JSONDecodeError:
-            whole = None  # not one JSON document: read it line by line below
+        except (json.JSONDecodeError, RecursionError):
+            whole = None  # not one JSON document (or too deep for one): read it line by line below
         if isinstance(whole, list):
             raise _fail(path, "the file holds one JSON list, not one object per line; rename it to .json "
                               "(or write one JSON object per line)", row=1)
@@ -219,6 +228,12 @@ def _read_jsonl(path: str, text: str) -> tuple[Records, list[DataProblem]]:
         except json.JSONDecodeError as err:
             problems.append(DataProblem(number, None, f"invalid JSON ({err.msg} at column {err.colno}); make "
                                         "the line one complete JSON object or remove it"))
+            continue
+        except RecursionError:
+            problems.append(DataProblem(number, None, _TOO_DEEP))
+            continue
+        except ValueError:  # no syntax error: json's other ValueError is int() refusing a huge integer
+            problems.append(DataProblem(number, None, _TOO_LONG_NUMBER))
             continue
         if isinstance(value, dict):
             records.append((number, value))
@@ -236,6 +251,10 @@ def _read_json(path: str, text: str) -> tuple[Records, list[DataProblem]]:
         hint = ("it looks like JSON Lines (one object per line): rename the file to .jsonl"
                 if err.msg == "Extra data" else "fix the syntax there")
         raise _fail(path, f"invalid JSON ({err.msg} at column {err.colno}); {hint}", row=err.lineno) from err
+    except RecursionError:
+        raise _fail(path, f"the file is {_TOO_DEEP}") from None
+    except ValueError:  # no syntax error: json's other ValueError is int() refusing a huge integer
+        raise _fail(path, f"the file {_TOO_LONG_NUMBER}") from None
     shape = "a JSON file must hold a list of objects like [{...}, {...}]"
     if isinstance(value, dict):
         lists = [v for v in value.values() if isinstance(v, list)]

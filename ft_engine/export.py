@@ -16,13 +16,21 @@ merged onto that, and the model is saved in that dtype, with a README.md saying 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
+import logging
+import os
 import shutil
+import tempfile
+import threading
+import zipfile
 from pathlib import Path
 
 import torch
 
 from .config import RunConfig
+from .disk import DISK, folder_bytes, free_bytes, gb
 from .errors import UserError, hide_tokens
 from .inference import stop_token_ids
 from .models import bnb_config, load_base_model, load_tokenizer, model_build_lock, resolve_compute_dtype
@@ -35,9 +43,25 @@ def export_merged(run: RunDir | str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not empty: choose a new folder, so nothing is overwritten")
+    run.check_result_links()  # copytree and from_pretrained follow links: none may lead outside the run
     adapter, full = run.path / ADAPTER_DIR, run.path / MODEL_DIR
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_merged(run, adapter, full, tmp)
+    except BaseException:
+        # a failed export leaves nothing (a merged model is the size of the base); the error
+        # raised is the one to report, so a failure to clean up is not raised over it
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    tmp.replace(out)
+    return out
+
+
+def _write_merged(run: RunDir, adapter: Path, full: Path, tmp: Path) -> None:
+    """The merged model of `run` written into `tmp` (export_merged's body)."""
     if full.is_dir():
         shutil.copytree(full, tmp)
     elif adapter.is_dir():
@@ -67,10 +91,6 @@ def export_merged(run: RunDir | str | Path, out_dir: str | Path) -> Path:
     else:
         status = run.read_status().get("status")
         raise UserError(f"run {run.run_id} has no trained result to export (status: {status})")
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    tmp.replace(out)
-    return out
 
 
 # The precision a run trained in, as training.py records it in status.json.
@@ -124,25 +144,167 @@ def _qlora_readme(run_id: str, config: RunConfig) -> str:
             f"those of the adapter on the 4-bit base.\n")
 
 
+# --- downloads (zip_result): one per run at a time, checked against the free disk (issue 11) ------
+
+log = logging.getLogger(__name__)
+
+# Bytes per weight of a merged LoRA model as export_merged saves it: the base is loaded in fp32.
+_LORA_MERGED_DTYPE = "float32"
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+_export_state = threading.Lock()          # guards the two below
+_runs_exporting: set[Path] = set()        # runs with an export being prepared, by resolved path
+_reserved: dict[int, int] = {}            # bytes each export in progress may still write, by ticket
+_tickets = itertools.count()
+
+
+class ExportBusyError(UserError):
+    """An export of this run is being prepared already (zip_result)."""
+
+
+class ExportDiskError(UserError):
+    """The export would not fit on the disk (zip_result): refused before anything is written."""
+
+
+def merged_model_bytes(run: RunDir) -> int | None:
+    """Bytes of the standalone model export_merged writes for `run`: model/ as it is (full
+    fine-tuning), else every base weight once (a tied lm_head once) in the saved dtype (fp32
+    for LoRA, the trained compute dtype for QLoRA, see the module docstring) plus the tokenizer
+    files (counted as the adapter folder, an overestimate by the adapter's weights). None when
+    the base model's shape is not known here (forecast.model_shape)."""
+    from .forecast import model_shape
+    full, adapter = run.path / MODEL_DIR, run.path / ADAPTER_DIR
+    if full.is_dir():
+        return folder_bytes(full)
+    config = run.read_config()
+    dtype = _trained_compute_dtype(run, config) if config.method == "qlora" else _LORA_MERGED_DTYPE
+    try:
+        params = model_shape(config.model).total
+    except UserError as e:
+        log.warning("no size estimate for the merged export of run %s: %s", run.run_id, e)
+        return None
+    return params * _DTYPE_BYTES.get(dtype, 4) + folder_bytes(adapter)
+
+
+def export_peak_bytes(run: RunDir, kind: str) -> int | None:
+    """The most an export of `kind` holds on the disk at once: the zip of the adapter, or the
+    merged model and its zip side by side; a zip is counted at its folder's size, an upper
+    bound (measured with tests/tiny_model.py Llamas, transformers 5.24: merged models zip to
+    0.90-0.93 of their folder, and issue 11's 135M model to 449 of 517 MB; a 1-step adapter to
+    0.24, its B matrices still near zero). None when the merged model's size is not known."""
+    result = run.result_dir
+    if result is None:
+        status = run.read_status().get("status")
+        raise UserError(f"run {run.run_id} has no trained result to export yet (status: {status})")
+    if kind == "adapter":
+        return folder_bytes(result)
+    model = merged_model_bytes(run)
+    return None if model is None else 2 * model
+
+
+@contextlib.contextmanager
+def _one_export_of(run: RunDir):
+    """One export per run at a time: a second one is refused while the first is prepared
+    (two merged exports of a run would each hold a model in memory and twice its size on
+    the disk, for the same file)."""
+    key = run.path.resolve()
+    with _export_state:
+        if key in _runs_exporting:
+            raise ExportBusyError(f"an export of run {run.run_id} is being prepared; try again when it is done")
+        _runs_exporting.add(key)
+    try:
+        yield
+    finally:
+        with _export_state:
+            _runs_exporting.discard(key)
+
+
+@contextlib.contextmanager
+def _disk_reserved(run: RunDir, kind: str, dest: Path):
+    """Refuse the export (ExportDiskError) unless the disk of `dest` has room for its peak
+    plus the margin kept spare for runs (disk.DISK: the disk is shared, and a full disk breaks
+    more than this download), counting what the exports in progress may still write; then
+    hold that room until it ends."""
+    peak = export_peak_bytes(run, kind)
+    need = int((peak or 0) * (1 + DISK.margin_fraction)) + DISK.margin_bytes
+    what = "its adapter" if kind == "adapter" else "the merged model and its zip"
+    with _export_state:
+        free = free_bytes(dest) - sum(_reserved.values())
+        if need > free:
+            size = f"about {gb(peak)} ({what})" if peak is not None else f"{what} (of a size not known here)"
+            raise ExportDiskError(
+                f"not enough disk to prepare this download: the {kind} export of run {run.run_id} writes {size}, "
+                f"and {gb(DISK.margin_bytes)} + {DISK.margin_fraction:.0%} is kept spare: {gb(need)} needed, "
+                f"{gb(max(free, 0))} free. Delete runs you no longer need (Runs tab)"
+                + (", or download the adapter only" if kind == "merged" else ""))
+        ticket = next(_tickets)
+        _reserved[ticket] = peak or 0
+    try:
+        yield
+    finally:
+        with _export_state:
+            del _reserved[ticket]
+
+
+def _zip_folder(folder: Path, zip_path: Path, inside: Path) -> Path:
+    """Zip the files under `folder` (names relative to it) into `zip_path`, written under a
+    temporary name and renamed when whole, so a failure leaves no zip. Links are followed
+    (their contents zipped) only while they resolve inside `inside`; one leading outside is
+    refused (UserError), checked for each file as it is read. shutil.make_archive follows
+    every link, which is why it is not used."""
+    real_inside = inside.resolve()
+    partial = zip_path.with_name(f".{zip_path.name}.partial")
+    seen: set[Path] = set()
+    try:
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+            for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+                here = Path(dirpath)
+                real = here.resolve()
+                if real in seen:  # a link back to a folder zipped already: each folder once, no loop
+                    dirnames[:] = []
+                    continue
+                seen.add(real)
+                dirnames.sort()
+                for name in sorted(dirnames + filenames):
+                    entry = here / name
+                    if not entry.resolve().is_relative_to(real_inside):
+                        raise UserError(f"{entry.relative_to(folder.parent).as_posix()} is a link to a file outside "
+                                        f"the run, and the studio zips nothing outside the runs folder: replace "
+                                        f"the link with the file itself")
+                for name in sorted(filenames):
+                    entry = here / name
+                    z.write(entry.resolve(), entry.relative_to(folder).as_posix())
+        partial.replace(zip_path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return zip_path
+
+
 def zip_result(run: RunDir, kind: str, dest_dir: str | Path) -> Path:
     """A zip of the run's adapter (`adapter`), or of the merged standalone model (`merged`),
-    written into dest_dir (a temporary folder of the caller's), for download."""
+    written into dest_dir (a temporary folder of the caller's), for download.
+
+    The merged model is written into a scratch folder of its own inside dest_dir (never into
+    the run folder), and removed when zipped; on any failure nothing of this export is left.
+    Refused with a UserError: a second export of the run while one is prepared
+    (ExportBusyError), an export the free disk of dest_dir cannot hold (ExportDiskError), a
+    result holding links that lead outside the run."""
+    if kind not in ("adapter", "merged"):
+        raise UserError(f"export kind must be 'adapter' or 'merged', got {kind!r}")
+    run.check_result_links()
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    if kind == "merged":
-        folder = run.path / ".export-merged"
-        shutil.rmtree(folder, ignore_errors=True)
-        export_merged(run, folder)
+    with _one_export_of(run), _disk_reserved(run, kind, dest):
+        if kind == "adapter":
+            result = run.result_dir
+            return _zip_folder(result, dest / f"{run.run_id}-{result.name}.zip", inside=run.path)
+        scratch = Path(tempfile.mkdtemp(prefix=".merged-", dir=dest))
         try:
-            return Path(shutil.make_archive(str(dest / f"{run.run_id}-merged"), "zip", folder))
+            model = export_merged(run, scratch / f"{run.run_id}-merged")
+            return _zip_folder(model, dest / f"{run.run_id}-merged.zip", inside=scratch)
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    if kind == "adapter":
-        result = run.result_dir
-        if result is None:
-            raise UserError(f"run {run.run_id} has no trained result yet")
-        return Path(shutil.make_archive(str(dest / f"{run.run_id}-{result.name}"), "zip", result))
-    raise UserError(f"export kind must be 'adapter' or 'merged', got {kind!r}")
+            shutil.rmtree(scratch)
 
 
 def push_to_hub(run: RunDir, repo_id: str, token: str, kind: str = "adapter", private: bool = True) -> str:
@@ -161,6 +323,7 @@ def push_to_hub(run: RunDir, repo_id: str, token: str, kind: str = "adapter", pr
         if kind == "merged":
             folder = export_merged(run, Path(tmp) / "merged")
         elif run.result_dir is not None:
+            run.check_result_links()  # upload_folder reads through links: none may lead outside the run
             folder = run.result_dir
         else:
             raise UserError(f"run {run.run_id} has no trained result to push")

@@ -3,12 +3,20 @@ rows the length limit cuts, and the first examples exactly as the model will see
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from .data import load_examples
+from .data import Example, load_examples
 from .errors import UserError
-from .models import load_tokenizer
+from .models import context_length, load_tokenizer
 from .render import encode, segments
+
+# The examples go to the browser whole, so one 10 MB field would be 10 MB of HTML at every
+# check. Each field (a message, a document) is shown up to PREVIEW_FIELD_CHARS characters, then
+# its length; each example, however many messages it holds, up to PREVIEW_EXAMPLE_CHARS. Both
+# are a few screens of the Data tab's preview box: enough to see the format and the template.
+PREVIEW_FIELD_CHARS = 2_000
+PREVIEW_EXAMPLE_CHARS = 8_000
 
 
 @dataclass
@@ -25,6 +33,7 @@ class DataPreview:
     long_rows: list[tuple[int, int]] = field(default_factory=list)  # (row number, tokens) over max_seq_len
     dropped_rows: list[int] = field(default_factory=list)  # rows the cut leaves with no answer: skipped
     rows_in_file: int = 0      # before max_rows; more than `rows` when the rows were capped
+    context_length: int | None = None  # the most tokens the model reads (max_position_embeddings), if known
 
 
 def preview_data(path: str, model: str = "bundled", max_seq_len: int = 512, train_on_prompt: bool = False,
@@ -41,16 +50,48 @@ def preview_data(path: str, model: str = "bundled", max_seq_len: int = 512, trai
     lengths = [r.full_length for r in encoded]
     kind = "line" if data.file_type in (".jsonl", ".csv", ".txt") else "record"
     dropped = [r.row for r in encoded if r.trained_tokens == 0]
+    context = context_length(model)
     if encoded and len(dropped) == len(encoded):
         longest = max(encoded, key=lambda r: r.full_length)
+        fix = ("raise max_seq_len or shorten the prompts" if context is None or max_seq_len < context else
+               f"shorten the prompts (max_seq_len is already this model's context, {context} tokens)")
         raise UserError(f"{path}: every row loses its whole answer to the max_seq_len limit of {max_seq_len} "
                         f"tokens (longest: {kind} {longest.row}, {longest.full_length} tokens), so nothing "
-                        f"is left to train; raise max_seq_len or shorten the prompts")
+                        f"is left to train; {fix}")
     return DataPreview(
         format=data.format, description=data.describe(), rows=len(data.examples), token_lengths=lengths,
         truncated_rows=sum(n > max_seq_len for n in lengths), max_seq_len=max_seq_len,
-        examples=[segments(ex, tok, train_on_prompt) for ex in data.examples[:n_examples]],
+        examples=[_capped(segments(_shortened(ex), tok, train_on_prompt)) for ex in data.examples[:n_examples]],
         ignored_columns=data.ignored_columns, row_kind=kind,
         long_rows=[(r.row, r.full_length) for r in encoded if r.full_length > max_seq_len],
-        dropped_rows=dropped, rows_in_file=rows_in_file,
+        dropped_rows=dropped, rows_in_file=rows_in_file, context_length=context,
     )
+
+
+def _cut(text: str) -> str:
+    """`text`, or its start and its length when longer than PREVIEW_FIELD_CHARS."""
+    if len(text) <= PREVIEW_FIELD_CHARS:
+        return text
+    return f"{text[:PREVIEW_FIELD_CHARS]}… ({len(text):,} characters)"
+
+
+def _shortened(ex: Example) -> Example:
+    """The example with every long field cut (_cut), rendered for the preview only: the token
+    counts come from the whole row."""
+    return dataclasses.replace(
+        ex, text=_cut(ex.text) if ex.text is not None else None,
+        messages=[{**m, "content": _cut(m["content"])} for m in ex.messages] if ex.messages else ex.messages)
+
+
+def _capped(pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """The first PREVIEW_EXAMPLE_CHARS characters of an example's pieces, and how many more there are."""
+    total = sum(len(text) for text, _ in pieces)
+    if total <= PREVIEW_EXAMPLE_CHARS:
+        return pieces
+    out, room = [], PREVIEW_EXAMPLE_CHARS
+    for text, trained in pieces:
+        if room <= 0:
+            break
+        out.append((text[:room], trained))
+        room -= len(text)
+    return out + [(f"… ({total - PREVIEW_EXAMPLE_CHARS:,} more characters in this row)", False)]

@@ -32,6 +32,7 @@ from .errors import UserError
 CONFIG_FILE = "config.yaml"
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.jsonl"
 DATA_FILE = "data.json"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
@@ -147,18 +148,16 @@ class RunDir:
             f.flush()
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        path = self.path / METRICS_FILE
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # only a torn final line after a hard kill; every whole line is kept
-        return rows
+        """The metrics rows that are whole (see `metrics`)."""
+        return self.metrics().rows
+
+    def metrics(self) -> "JsonLines":
+        """metrics.jsonl's rows, with the lines skipped as damaged counted (`JsonLines`)."""
+        return read_json_lines(self.path / METRICS_FILE, _metrics_row_ok)
+
+    def events(self) -> "JsonLines":
+        """events.jsonl's events (time, step, event, message), damaged lines counted."""
+        return read_json_lines(self.path / EVENTS_FILE, _event_ok)
 
     # --- other files ----------------------------------------------------------------------
     def read_config(self):  # -> RunConfig (import here: config imports nothing from us)
@@ -190,6 +189,39 @@ class RunDir:
                 return self.path / name
         return None
 
+    def check_result_links(self) -> None:
+        """Refuse (UserError) to read a result that is not all inside this run: adapter/ or
+        model/ being a link itself, or holding a link (file or folder) that leads outside the
+        run. Loaders (from_pretrained, copytree, zip) follow links, so without this a run folder
+        made elsewhere could have the studio read, chat with or zip any file of the server.
+        Links that stay inside the run are allowed. Call it before reading the result."""
+        for name in (ADAPTER_DIR, MODEL_DIR):
+            folder = self.path / name
+            if folder.is_symlink():
+                raise UserError(f"run {self.run_id} has no trained result the studio may read: its {name}/ folder "
+                                f"is a link, and the studio reads nothing outside the runs folder; replace the "
+                                f"link with the folder itself")
+            if folder.is_dir():
+                leaving = links_leaving(folder, self.path)
+                if leaving:
+                    more = f" (and {len(leaving) - 1} more)" if len(leaving) > 1 else ""
+                    raise UserError(f"run {self.run_id}'s {leaving[0]}{more} is a link to a file outside the run, "
+                                    f"and the studio reads nothing outside the runs folder: replace the link with "
+                                    f"the file itself")
+
+
+def links_leaving(folder: Path, root: Path) -> list[str]:
+    """The entries under `folder` (files and folders, as paths relative to `root`) that are
+    symbolic links resolving outside `root`. Linked folders are listed, not entered."""
+    real_root = Path(root).resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # followlinks=False
+        for name in sorted(dirnames + filenames):
+            entry = Path(dirpath) / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(real_root):
+                found.append(entry.relative_to(root).as_posix())
+    return found
+
 
 def open_run(path_or_id: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> RunDir:
     """A run by directory path, or by id inside `runs_dir`. Ids are checked so that a user
@@ -203,6 +235,85 @@ def open_run(path_or_id: str | os.PathLike, runs_dir: str | os.PathLike | None =
             return RunDir(candidate)
     raise UserError(f"no run found at {path_or_id}: give a run directory (it holds {STATUS_FILE}); "
                     f"`python -m ft_engine runs` lists them")
+
+
+@dataclass(frozen=True)
+class JsonLines:
+    """The rows of a .jsonl file this program appends to, and what was skipped reading it.
+
+    A line is skipped when it is not the JSON object this program writes: a torn write, null, a
+    number or a list, bad UTF-8, or a row whose fields the views read have the wrong type (a
+    hand edit, a disk error, another program). One such line must not hide the whole run, nor
+    every run beside it; it is counted, and the views say so."""
+
+    rows: list[dict[str, Any]]
+    damaged: int = 0            # whole lines (ending in a newline) that were skipped
+    cut_off_last: bool = False  # the last line has no newline and no JSON: a crash mid-write (normal)
+
+    def note(self, name: str) -> str:
+        """"2 damaged lines skipped in metrics.jsonl", or "" when nothing was skipped."""
+        parts = []
+        if self.damaged:
+            parts.append(f"{self.damaged} damaged line{'s' if self.damaged != 1 else ''} skipped in {name}")
+        if self.cut_off_last:
+            parts.append(f"the cut-off last line of {name} skipped (normal after a crash)")
+        return "; ".join(parts)
+
+
+def read_json_lines(path: Path, row_ok) -> JsonLines:
+    """The JSON objects of `path`, one a line, for which `row_ok(row)` holds; a missing file has
+    none. Read as bytes, so one line of bad UTF-8 costs that line, not the file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return JsonLines([])
+    rows, damaged, cut_off = [], 0, False
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+            if i == len(lines) - 1:  # no newline after it: the write that was cut off
+                cut_off = True
+                continue
+        if isinstance(row, dict) and row_ok(row):
+            rows.append(row)
+        else:
+            damaged += 1
+    return JsonLines(rows, damaged, cut_off)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # NaN is a number: a diverged loss
+
+
+# The fields of a metrics row the views compute with (tables, charts, ETA): a row holding text
+# or null where the engine writes a number would break them. The engine writes every row with
+# a whole step and elapsed_s; learning_rate and grad_norm may be null (a trainer that logs none).
+_METRIC_NUMBERS = ("epoch", "loss", "eval_loss", "tokens_seen", "tokens_per_second", "mem_used_mib",
+                   "mem_peak_mib", "mem_reserved_mib", "mem_peak_reserved_mib", "mem_forecast_mib")
+_METRIC_NULLABLE = ("learning_rate", "grad_norm")
+
+
+def _metrics_row_ok(row: dict[str, Any]) -> bool:
+    step = row.get("step")
+    return (isinstance(step, int) and not isinstance(step, bool) and step >= 0 and _number(row.get("elapsed_s"))
+            and all(_number(row[k]) for k in _METRIC_NUMBERS if k in row)
+            and all(row[k] is None or _number(row[k]) for k in _METRIC_NULLABLE if k in row))
+
+
+def _event_ok(row: dict[str, Any]) -> bool:
+    step = row.get("step")
+    return (all(isinstance(row.get(k), str) for k in ("time", "event", "message"))
+            and (step is None or (isinstance(step, int) and not isinstance(step, bool))))
+
+
+def damage_notes(*notes: str) -> str:
+    """The non-empty notes of `JsonLines.note`, as one sentence for a view."""
+    return "; ".join(n for n in notes if n)
 
 
 class DamagedFileError(UserError):
@@ -263,7 +374,8 @@ def summarize(run: RunDir) -> dict[str, Any]:
         s = run.read_status()
     except DamagedFileError as e:
         s = {"status": "damaged", "error": str(e)}
-    metrics = run.read_metrics()
+    lines = run.metrics()
+    metrics = lines.rows
     train = [r for r in metrics if "loss" in r]
     evals = [r for r in metrics if "eval_loss" in r]
     peak = max([r.get("mem_peak_mib", 0) for r in metrics] + [s.get("mem_peak_mib") or 0])
@@ -282,6 +394,9 @@ def summarize(run: RunDir) -> dict[str, Any]:
         "tokens_per_second": s.get("tokens_per_second"),
         "created_at": s.get("created_at"),
         "error": s.get("error"),
+        # lines of metrics.jsonl that were skipped as damaged, and the sentence saying so ("" if none)
+        "skipped_lines": {METRICS_FILE: lines.damaged + lines.cut_off_last},
+        "notes": lines.note(METRICS_FILE),
     }
 
 

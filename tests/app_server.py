@@ -46,8 +46,11 @@ def running_app(runs_dir: Path, log_file: Path, timeout: float = 90.0, while_boo
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "FT_RUNS_DIR": str(runs_dir), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    for name in ("FT_MAX_STEPS", "FT_MAX_ROWS", "FT_MAX_UPLOAD_MB", "FT_AUTH"):
+    # what makes an instance shared (ui/limits.shared_reasons) comes only from the test, too
+    for name in ("FT_MAX_STEPS", "FT_MAX_ROWS", "FT_MAX_UPLOAD_MB", "FT_AUTH", "SPACE_ID", "FT_LEND_HF_TOKEN"):
         env.pop(name, None)
+    for name in [n for n in env if n.startswith("FT_CHAT_")]:  # chat's caps: only what a test sets
+        env.pop(name)
     env.update(extra_env or {})
     url = f"http://127.0.0.1:{port}/"
     with open(log_file, "wb") as log:

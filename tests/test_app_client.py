@@ -92,7 +92,7 @@ def test_validate_sample_dataset(validated, app):
     assert "ft-trained" in examples and "ft-prompt" in examples
     kept = Path(path)
     assert kept.is_file() and kept.parent.resolve() == (app.runs_dir / ".uploads").resolve()
-    assert kept.name.endswith("tiny_facts.jsonl")
+    assert kept.suffix == ".jsonl" and kept.with_name(kept.name + ".name").read_text() == "tiny_facts.jsonl"
     assert kept.read_bytes() == SAMPLE.read_bytes()
 
 
@@ -184,9 +184,8 @@ def test_start_with_bad_settings_is_refused(client, data_path, tiny_model):
 def test_settings_cannot_move_the_runs_directory(client, data_path, tiny_model, app, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     res = start(client, data_path, tiny_model, {"max_steps": 1, "checkpoint_steps": 0, "runs_dir": str(elsewhere)})
-    assert res["run_id"], res
-    poll(client, res["run_id"], lambda s: s["status"] not in ("running", "queued"))
-    assert (app.runs_dir / res["run_id"] / "status.json").is_file()
+    # refused, not silently ignored (issue 11): the caller learns the setting is not theirs
+    assert res["run_id"] == "" and "settings_json cannot set runs_dir" in res["message"], res
     assert not elsewhere.exists()
 
 

@@ -357,4 +357,6 @@ def test_zz_nothing_outside_was_touched_and_old_run_is_unchanged(client, app):
     assert runs_fingerprint(app.runs_dir) == app.before  # byte-identical, and no new run folder
     assert sorted(p.name for p in app.runs_dir.iterdir()) == sorted(
         [".uploads", OLD_RUN, "20260101-000000-link-0000"])
-    assert uploads(app) and all(n.endswith(("tiny_facts.jsonl", "long_row.jsonl")) for n in uploads(app))
+    # kept by content, each with the name it was uploaded as beside it
+    names = {(app.runs_dir / ".uploads" / n).read_text() for n in uploads(app) if n.endswith(".name")}
+    assert uploads(app) and names <= {"tiny_facts.jsonl", "long_row.jsonl"} and len(uploads(app)) == 2 * len(names)

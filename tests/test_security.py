@@ -65,7 +65,7 @@ def test_uploaded_names_are_made_safe(tmp_path):
         f.write_text('{"text": "x"}\n')
         kept = studio.keep_upload(str(f))
         assert kept.parent == studio.runs_dir / UPLOADS
-        assert re.fullmatch(r"[0-9a-f]{16}-[A-Za-z0-9._-]+", kept.name), kept.name
+        assert re.fullmatch(r"[0-9a-f]{64}\.jsonl", kept.name), kept.name  # by content: no name reaches it
 
 
 # --- nothing outside the runs folder ------------------------------------------------------------
@@ -142,7 +142,8 @@ def test_upload_limit_from_the_environment(monkeypatch, tmp_path):
         studio.keep_upload(str(big))
     message = str(info.value)
     assert "big.jsonl" in message and "FT_MAX_UPLOAD_MB" in message and "1 kB" in message and "\n" not in message
-    assert [p.name for p in (studio.runs_dir / UPLOADS).iterdir()] == [studio.keep_upload(str(small)).name]
+    kept = studio.keep_upload(str(small))
+    assert sorted(p.name for p in (studio.runs_dir / UPLOADS).iterdir()) == [kept.name, f"{kept.name}.name"]
 
 
 @pytest.mark.parametrize("name, value", [("FT_MAX_UPLOAD_MB", "abc"), ("FT_MAX_UPLOAD_MB", "0"),

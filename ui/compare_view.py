@@ -19,7 +19,8 @@ from ft_engine.rundir import DamagedFileError
 from .charts import _LAYOUT
 from .context import Studio
 from .data_tab import DataWidgets
-from .form import config_from_form
+from .form import COMPARE_METHODS_PARAMETERS, config_from_form, settings_from_json
+from .train_tab import forecast_refusal, start_anyway_off
 
 REFRESH_SECONDS = 2.0
 METHOD_LABELS = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
@@ -135,9 +136,11 @@ def comparison_report(studio: Studio, comparison_id: str) -> dict[str, Any]:
 
 
 def start_comparison(studio: Studio, form: dict[str, Any], methods: list[str], prompt: str,
-                     learning_rate: float | None = None) -> tuple[str, str]:
+                     learning_rate: float | None = None, anyway_off: str | None = None) -> tuple[str, str]:
     """Build the shared RunConfig the way the Train tab does (FT_MAX_STEPS caps included) and
-    queue the comparison. Returns (message, comparison id); raises UserError on bad input."""
+    queue the comparison. Returns (message, comparison id); raises UserError on bad input.
+    `anyway_off` (train_tab.start_anyway_off: a demo, a shared studio without login): where a
+    run the forecast refuses may not start anyway, a comparison with one is refused too."""
     if not form.get("data"):
         raise UserError("no data yet: pick a sample or upload a file in the Data tab (Check data) first")
     form = {**form, "data": studio.checked_data_path(form["data"]), "runs_dir": str(studio.runs_dir)}
@@ -147,8 +150,15 @@ def start_comparison(studio: Studio, form: dict[str, Any], methods: list[str], p
         note = (f" {compare.DEFAULT_VAL_FRACTION:.0%} of the rows are held out for the eval loss "
                 f"(the Data tab's setting was 0).")
     base = config_from_form(form)
-    cdir = compare.submit(compare.CompareConfig(base=base, methods=list(methods or []), prompt=prompt or "",
-                                                learning_rate=learning_rate), studio.worker)
+    config = compare.CompareConfig(base=base, methods=list(methods or []), prompt=prompt or "",
+                                   learning_rate=learning_rate)
+    if anyway_off:
+        # a comparison has no start anyway; elsewhere it queues full as asked, as before
+        for method in config.validate().methods:
+            refusal = forecast_refusal(config.run_config(method), anyway_off)
+            if refusal:
+                raise UserError(f"comparison {refusal.replace('this run', f'its {method} run', 1)}")
+    cdir = compare.submit(config, studio.worker)
     return f"⚖️ Comparison `{cdir.comparison_id}` queued: {', '.join(cdir.runs())}.{note}", cdir.comparison_id
 
 
@@ -206,10 +216,11 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown):
     form_names = ["data", "model", "max_seq_len", "val_fraction", "train_on_prompt", "data_format",
                   "max_steps", "batch_size"]
 
-    def start_from_widgets(*values):
+    def start_from_widgets(request: gr.Request, *values):
         *form_values, chosen, prompt_text = values
         try:
-            text, comparison_id = start_comparison(studio, dict(zip(form_names, form_values)), chosen, prompt_text)
+            text, comparison_id = start_comparison(studio, dict(zip(form_names, form_values)), chosen, prompt_text,
+                                                   anyway_off=start_anyway_off(request))
         except UserError as e:
             return f"❌ {html.escape(str(e))}", gr.update()
         return text, gr.update(choices=comparison_choices(studio), value=comparison_id)
@@ -252,22 +263,22 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown):
 
     # --- scripting API (gradio_client) ----------------------------------------------------
     def compare_methods(data_path: str, model: str = "bundled", max_steps: int = 30,
-                        methods: str = "full,lora,qlora", prompt: str = "", settings_json: str = "{}") -> dict:
+                        methods: str = "full,lora,qlora", prompt: str = "", settings_json: str = "{}",
+                        request: gr.Request | None = None) -> dict:
         """Queue full, LoRA and QLoRA on the same data and budget. data_path: as returned by
         validate_data. settings_json: shared RunConfig fields, e.g. {"batch_size": 4}; a
         learning_rate there is used by every method instead of each method's own. Returns
         comparison_id, run_ids and message; on bad input comparison_id is empty and message says
         what to fix."""
         try:
-            settings = json.loads(settings_json or "{}")
-            if not isinstance(settings, dict):
-                raise UserError("settings_json must be a JSON object such as {\"batch_size\": 4}")
+            # refused, not overridden: a key with its own parameter (model, max_steps, methods), or runs_dir
+            settings = settings_from_json(settings_json, "compare_methods", COMPARE_METHODS_PARAMETERS)
             # one learning_rate given here is used by every method; otherwise each uses its own
             learning_rate = settings.pop("learning_rate", None)
             form = {**settings, "data": data_path, "model": model, "max_steps": max_steps}
             text, comparison_id = start_comparison(
                 studio, form, [m.strip() for m in methods.split(",") if m.strip()], prompt,
-                float(learning_rate) if learning_rate is not None else None)
+                float(learning_rate) if learning_rate is not None else None, start_anyway_off(request))
         except (UserError, ValueError) as e:
             return {"comparison_id": "", "run_ids": {}, "message": str(e)}
         return {"comparison_id": comparison_id, "message": text,

@@ -22,6 +22,7 @@ from .form import check_model_value
 from .limits import describe_bytes, max_rows_cap, max_steps_cap, max_upload_bytes
 
 DEFAULT_SAMPLE = "zubrowka_facts.jsonl"
+MAX_SEQ_LEN_SLIDER = 4096  # the Maximum length slider's top: the longest the page can ask for
 
 
 @dataclass
@@ -72,22 +73,47 @@ def summary_markdown(preview: DataPreview, path: str, rows_cap: int = 0) -> str:
         longest = sorted(preview.long_rows, key=lambda r: -r[1])
         named = ", ".join(f"{kind} {row} ({n} tokens)" for row, n in longest[:5])
         lines.append(f"⚠️ **{cut} row{'s' if cut != 1 else ''} longer than {preview.max_seq_len} tokens** will be "
-                     f"cut: {named}{f' and {cut - 5} more' if cut > 5 else ''}. Raise the maximum length to "
-                     f"{max(n for _, n in longest)} to keep {'them' if cut != 1 else 'it'} whole, or shorten "
-                     f"{'those rows' if cut != 1 else 'that row'}.")
+                     f"cut: {named}{f' and {cut - 5} more' if cut > 5 else ''}. "
+                     + _longer_advice(preview, [n for _, n in longest]))
     else:
         lines.append(f"No row is longer than the maximum length ({preview.max_seq_len} tokens).")
     if preview.dropped_rows:
         n = len(preview.dropped_rows)
+        raise_it = "raise the maximum length or " if preview.max_seq_len < _longest_allowed(preview)[0] else ""
         lines.append(f"⚠️ {_rows_named(preview.dropped_rows, kind)} lose{'s' if n == 1 else ''} the whole answer to "
-                     f"the cut and {'is' if n == 1 else 'are'} skipped in training; raise the maximum length "
-                     f"or shorten {'its' if n == 1 else 'their'} prompt{'s' if n != 1 else ''}.")
+                     f"the cut and {'is' if n == 1 else 'are'} skipped in training; {raise_it}"
+                     f"shorten {'its' if n == 1 else 'their'} prompt{'s' if n != 1 else ''}.")
     if preview.rows_in_file > preview.rows:
         lines.append(f"ℹ️ Demo limit: this studio trains on at most {rows_cap or preview.rows} rows (FT_MAX_ROWS), "
                      f"so runs use the first {preview.rows} of the file's {preview.rows_in_file} rows.")
     if preview.ignored_columns:
         lines.append(f"Columns not used: {', '.join(preview.ignored_columns)}.")
     return "\n\n".join(lines)
+
+
+def _longest_allowed(preview: DataPreview) -> tuple[int, str]:
+    """The longest maximum length worth suggesting, and what sets it: the model's context (the
+    positions it was trained on) or the slider's top, whichever is lower."""
+    context = preview.context_length
+    if context is not None and context <= MAX_SEQ_LEN_SLIDER:
+        return context, f"this model's context: it reads at most {context} tokens"
+    return MAX_SEQ_LEN_SLIDER, "the most this page allows"
+
+
+def _longer_advice(preview: DataPreview, lengths: list[int]) -> str:
+    """What to do about rows longer than the maximum length, never suggesting more than the
+    model can read."""
+    most, why = _longest_allowed(preview)
+    them = "them" if len(lengths) != 1 else "it"
+    rows = "those rows" if len(lengths) != 1 else "that row"
+    if max(lengths) <= most:
+        return f"Raise the maximum length to {max(lengths)} to keep {them} whole, or shorten {rows}."
+    over = sum(n > most for n in lengths)
+    if preview.max_seq_len < most:
+        return (f"Raise the maximum length to {most} ({why}) to keep more of {them}; {over} "
+                f"{'is' if over == 1 else 'are'} longer even so: shorten or split "
+                f"{'it' if over == 1 else 'them'}.")
+    return f"The maximum length can't go higher ({why}): shorten or split {rows}."
 
 
 def error_markdown(err: UserError, shown_name: str | None = None, path: str | None = None) -> str:
@@ -127,7 +153,7 @@ def build(studio: Studio, model: gr.Dropdown) -> DataWidgets:
             data_format = gr.Dropdown(["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"],
                                       value="auto", label="Format",
                                       info="auto detects it from the columns")
-            max_seq_len = gr.Slider(32, 4096, value=256, step=32, label="Maximum length (tokens)",
+            max_seq_len = gr.Slider(32, MAX_SEQ_LEN_SLIDER, value=256, step=32, label="Maximum length (tokens)",
                                     info="Longer rows are cut to this length")
             val_fraction = gr.Slider(0.0, 0.4, value=0.0, step=0.05, label="Held out for validation",
                                      info="Share of rows kept aside to measure an eval loss (0 = none)")

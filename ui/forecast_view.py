@@ -158,8 +158,9 @@ PRECISION_REASONS = {
 }
 
 
-def verdict_markdown(view: MemoryView) -> str:
-    """One line for the chosen method, plus what Start will do about it."""
+def verdict_markdown(view: MemoryView, start_anyway: bool = True) -> str:
+    """One line for the chosen method, plus what Start will do about it. `start_anyway`: False
+    where the page has no Start-anyway box (a demo, a shared studio without login)."""
     need = view.needed_mib[view.method]
     name = METHOD_LABELS[view.method]
     where = "GPU memory" if view.device == "cuda" else "RAM"
@@ -178,8 +179,8 @@ def verdict_markdown(view: MemoryView) -> str:
     elif view.auto_optimizer == "adamw_8bit":
         line += "\n\nOptimizer *auto* → **adamw_8bit**: fp32 AdamW would not fit."
     if view.verdict == "will not fit":
-        line += ("\n\nStart is refused: this run would run out of memory. Apply a fix below, or tick "
-                 "*Start anyway*.")
+        line += ("\n\nStart is refused: this run would run out of memory. Apply a fix below"
+                 + (", or tick *Start anyway*." if start_anyway else "."))
     elif view.verdict == "tight":
         line += "\n\nIt should fit, with little to spare; a fix below leaves more room."
     if view.disk:

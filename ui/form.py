@@ -6,12 +6,14 @@ values mean. Unit-tested in tests/test_ui_form.py.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
 
-from ft_engine.config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
-from ft_engine.errors import ConfigError
+from ft_engine.config import _HUB_ID, ALL_LINEAR, BUNDLED_MODEL, RunConfig
+from ft_engine.errors import ConfigError, UserError
 
 from .limits import max_rows_cap, max_steps_cap
 
@@ -97,10 +99,82 @@ def check_model_value(model: Any) -> str:
                            f"path of a model folder"])
     # A path gets one answer whether nothing is there, a file, or a folder without a model, so
     # a visitor can't map the server's folders by trying paths.
-    if text.startswith(("/", "./")) and not (Path(text) / "config.json").is_file():
-        raise ConfigError([f"no model folder at {text}: give the path of a folder saved with save_pretrained() "
-                           f"(it holds config.json), '{BUNDLED_MODEL}', or a hub id like owner/name"])
+    if text.startswith(("/", "./")):
+        if not (Path(text) / "config.json").is_file():
+            raise ConfigError([f"no model folder at {text}: give the path of a folder saved with save_pretrained() "
+                               f"(it holds config.json), '{BUNDLED_MODEL}', or a hub id like owner/name"])
+        return text
+    # Anything else must be 'bundled' or a hub id, decided from the text alone: the engine would
+    # take a bare name such as 'assets' as a folder under the app's working folder if one is
+    # there, and answer differently than for a name with nothing behind it.
+    if text != BUNDLED_MODEL and not _HUB_ID.fullmatch(text):
+        raise ConfigError([f"model {text!r} is neither '{BUNDLED_MODEL}', a hub id of the form owner/name "
+                           f"(e.g. meta-llama/Llama-3.2-1B-Instruct), nor a model folder given by its absolute "
+                           f"path"])
     return text
+
+
+# What settings_json of an API call may not set, because the call has its own parameter for it:
+# merged, the parameter would win and the caller's value would be dropped without a word.
+START_TRAINING_PARAMETERS = {"data": "data_path", "data_path": "data_path", "model": "model",
+                             "method": "method", "preset": "preset", "start_anyway": "start_anyway"}
+COMPARE_METHODS_PARAMETERS = {"data": "data_path", "data_path": "data_path", "model": "model",
+                              "max_steps": "max_steps", "method": "methods", "methods": "methods",
+                              "prompt": "prompt"}
+# ...and what only the server decides
+_SERVER_SETTINGS = {"runs_dir": "this studio writes every run into its own runs folder (FT_RUNS_DIR, set "
+                                "where the server starts)"}
+# the one text setting where "" means something (no name); elsewhere "" would be dropped as unset
+_EMPTY_ALLOWED = {"run_name"}
+
+
+def settings_from_json(text: Any, api: str, parameters: dict[str, str]) -> dict[str, Any]:
+    """The settings_json of API call `api` as a dict, refused (one ConfigError naming every
+    problem) where a key has its own parameter in `parameters`, is the server's to set, is no
+    RunConfig setting, appears twice, or has no value (null, or "" that config_from_form would
+    drop as an empty box): nothing a caller sends is ignored without a word."""
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise UserError(f"settings_json sets {', '.join(twice)} more than once: give each setting once")
+        return dict(pairs)
+
+    if text is None or text == "":
+        return {}
+    if not isinstance(text, str):
+        raise UserError(f"settings_json must be text holding a JSON object such as {{\"max_steps\": 5}}, "
+                        f"got {type(text).__name__}")
+    try:
+        settings = json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as e:
+        raise UserError(f"settings_json is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): "
+                        f"give an object such as {{\"max_steps\": 5}}") from None
+    except RecursionError:  # json recurses once per [ or {: a raw RecursionError reached the page (issue 11)
+        raise UserError("settings_json is nested too deeply to read: give one flat object such as "
+                        "{\"max_steps\": 5}") from None
+    except ValueError:  # no syntax error: json's other ValueError is int() refusing over 4,300 digits
+        raise UserError("settings_json holds a number of more than 4,300 digits: give ordinary numbers, "
+                        "e.g. {\"max_steps\": 5}") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"settings_json must be a JSON object such as {{\"max_steps\": 5}}, got "
+                        f"{type(settings).__name__ if settings is not None else 'null'}")
+    known = [f.name for f in dataclasses.fields(RunConfig)]
+    settable = [k for k in known if k not in parameters and k not in _SERVER_SETTINGS]
+    problems = []
+    for key, value in settings.items():
+        if key in parameters:
+            problems.append(f"settings_json cannot set {key}: use the `{parameters[key]}` parameter of {api}")
+        elif key in _SERVER_SETTINGS:
+            problems.append(f"settings_json cannot set {key}: {_SERVER_SETTINGS[key]}")
+        elif key not in known:
+            problems.append(f"settings_json: unknown setting {key!r} (settings it can set: {', '.join(settable)})")
+        elif value is None or (value == "" and key not in _EMPTY_ALLOWED):
+            problems.append(f"settings_json gives {key} no value ({json.dumps(value)}): give a value or leave "
+                            f"{key} out")
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
 def config_from_form(values: dict[str, Any], *, check_paths: bool = True) -> RunConfig:

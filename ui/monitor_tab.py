@@ -4,13 +4,13 @@ the current (or a chosen) run. Reads only the run directory; refreshes about onc
 from __future__ import annotations
 
 import html
-import json
 from typing import Any
 
 import gradio as gr
 
 from ft_engine.errors import UserError
 from ft_engine.hardware import machine_snapshot
+from ft_engine.rundir import EVENTS_FILE, METRICS_FILE, damage_notes
 
 from .charts import memory_curve, training_curves
 from .context import Studio
@@ -30,14 +30,14 @@ def run_report(studio: Studio, run_id: str) -> dict[str, Any]:
     """Everything the Monitor shows about a run, from its files (also the run_status API)."""
     run = studio.run(run_id)
     status = run.read_status()
-    metrics = run.read_metrics()
+    metrics_lines, event_lines = run.metrics(), run.events()
+    metrics = metrics_lines.rows
     step, total = status.get("step") or 0, status.get("total_steps")
     elapsed = status.get("elapsed_s") or (metrics[-1]["elapsed_s"] if metrics else None)
     eta = None
     if status.get("status") == "running" and total and step and elapsed:
         eta = elapsed / step * (total - step)
-    events_file = run.path / "events.jsonl"
-    events = [json.loads(x) for x in events_file.read_text().splitlines() if x.strip()] if events_file.exists() else []
+    events = event_lines.rows
     last = next((r for r in reversed(metrics) if "loss" in r), {})
     return {
         "run_id": run_id, "status": status.get("status"), "method": status.get("method"),
@@ -49,6 +49,10 @@ def run_report(studio: Studio, run_id: str) -> dict[str, Any]:
         "mem_peak_mib": status.get("mem_peak_mib") or last.get("mem_peak_mib"),
         "forecast_mib": status.get("forecast_mib"),
         "events": events[-12:], "metrics_rows": len(metrics),
+        # lines skipped as damaged (the rest of the run is still shown), and the sentence saying so
+        "skipped_lines": {METRICS_FILE: metrics_lines.damaged + metrics_lines.cut_off_last,
+                          EVENTS_FILE: event_lines.damaged + event_lines.cut_off_last},
+        "notes": damage_notes(metrics_lines.note(METRICS_FILE), event_lines.note(EVENTS_FILE)),
     }
 
 
@@ -69,6 +73,8 @@ def status_html(r: dict[str, Any]) -> str:
     ]
     if r["error"] and r["status"] in ("failed", "interrupted"):
         parts.append(f'<div class="ft-error">{html.escape(r["error"])}</div>')
+    if r.get("notes"):
+        parts.append(f'<div class="ft-progress-text">⚠️ {html.escape(r["notes"])}</div>')
     return "".join(parts)
 
 

@@ -4,22 +4,26 @@ merged model, zipped), push to the Hugging Face Hub, delete."""
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
 from pathlib import Path
 
 import gradio as gr
 
 from ft_engine import stack
 from ft_engine.errors import UserError
-from ft_engine.rundir import delete_run, summarize
+from ft_engine.rundir import summarize
 
+from . import limits
 from .charts import loss_overlay
 from .context import Studio
+from .downloads import PreparedDownloads, without_paths
 from .train_tab import queue_message
 
+log = logging.getLogger(__name__)
+
 COLUMNS = ["name", "method", "model", "status", "steps", "train loss", "eval loss", "peak memory (GiB)",
-           "duration", "tokens/s", "run id"]
+           "duration", "tokens/s", "notes", "run id"]
 
 
 def table_rows(studio: Studio) -> list[list]:
@@ -36,9 +40,17 @@ def table_rows(studio: Studio) -> list[list]:
             round(s["peak_mib"] / 1024, 2) if s["peak_mib"] else None,
             f"{int(dur) // 60}m {int(dur) % 60:02d}s" if dur else "",
             round(s["tokens_per_second"]) if s["tokens_per_second"] else None,
+            s["notes"],  # e.g. damaged lines skipped in metrics.jsonl: the numbers beside it leave them out
             s["run_id"],
         ])
     return rows
+
+
+def _token_placeholder() -> str:
+    """What an empty token field does here (limits.server_hf_token decides it on every push)."""
+    if not os.environ.get("HF_TOKEN") or not limits.lend_hf_token():
+        return "paste a token with write access (huggingface.co/settings/tokens)"
+    return "empty = the server's HF_TOKEN" + (" (signed-in users)" if limits.shared_instance() else "")
 
 
 def build(studio: Studio):
@@ -67,8 +79,7 @@ def build(studio: Studio):
         with gr.Column():
             repo = gr.Textbox(label="Hugging Face repo", placeholder="your-name/my-tuned-model")
             token = gr.Textbox(label="Hugging Face token (write access)", type="password",
-                               placeholder="empty = use the server's HF_TOKEN",
-                               info="Used for this upload only; never saved.")
+                               placeholder=_token_placeholder(), info="Used for this upload only; never saved.")
             private = gr.Checkbox(True, label="Private repo")
             push_btn = gr.Button("⬆ Push to the Hub")
         with gr.Column():
@@ -94,24 +105,47 @@ def build(studio: Studio):
 
     overlay_pick.change(draw_overlay, overlay_pick, overlay, api_visibility="private")
 
-    def export_run(run_id: str, export_kind: str):
-        """Zip of the run's adapter ("adapter") or merged standalone model ("merged")."""
+    # written inside Gradio's cache folder, so Gradio serves each zip where it is instead of
+    # keeping a copy; at most one per session stays (ui/downloads.py)
+    downloads = PreparedDownloads(download.GRADIO_CACHE)
+
+    def export_run(run_id: str, export_kind: str, request: gr.Request):
+        """Zip of the run's adapter ("adapter") or merged standalone model ("merged"). It
+        replaces the caller's previous download, which is deleted on the server."""
         if not run_id:
             raise gr.Error("Pick a run first.")
         stack.load()  # loads torch on first use, one thread at a time (ft_engine/stack.py)
         from ft_engine.export import zip_result
+        session = getattr(request, "session_hash", None)
+        folder, path = downloads.start(session), None
         try:
-            return str(zip_result(studio.run(run_id), export_kind, tempfile.mkdtemp(prefix="ft-export-")))
+            path = zip_result(studio.run(run_id), export_kind, folder)
         except UserError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(without_paths(str(e))) from None
+        except Exception as e:
+            # a bug or an environment failure: its traceback in the server log, one line on the
+            # page, without the server's paths (show_error would put the raw text there)
+            log.exception("the %s export of run %s failed", export_kind, run_id)
+            first = without_paths(str(e).strip().splitlines()[0]) if str(e).strip() else "no message"
+            raise gr.Error(f"the {export_kind} export of run {run_id} failed ({type(e).__name__}: {first}); "
+                           f"nothing of it was kept. The server log has the details") from None
+        finally:
+            if path is None:  # failed or cancelled: nothing of it stays
+                downloads.discard(folder)
+        downloads.keep(session, folder)
+        return str(path)
 
     export_btn.click(export_run, [selected, kind], download, api_name="export_run")
 
-    def push(run_id: str, repo_id: str, typed_token: str, is_private: bool, export_kind: str):
-        stack.load()
-        from ft_engine.export import push_to_hub
-        tok = typed_token or os.environ.get("HF_TOKEN", "")
+    def push(run_id: str, repo_id: str, typed_token: str, is_private: bool, export_kind: str,
+             request: gr.Request):
+        """Reachable by fn_index although the API hides it: the server's HF_TOKEN goes only where
+        limits.server_hf_token allows (FT_LEND_HF_TOKEN; signed in on a shared studio), checked
+        before anything is loaded or sent."""
         try:
+            tok = typed_token or limits.server_hf_token(getattr(request, "username", None))
+            stack.load()
+            from ft_engine.export import push_to_hub
             url = push_to_hub(studio.run(run_id), repo_id, tok, export_kind, private=is_private)
         except UserError as e:
             return f"❌ {e}", ""
@@ -123,8 +157,7 @@ def build(studio: Studio):
         if not confirmed:
             return "Tick the box to confirm the deletion first.", gr.update(), gr.update(), gr.update(), False
         try:
-            delete_run(studio.runs_dir, run_id)
-            studio.forget_chat(run_id)
+            studio.delete_run(run_id)  # and its chat model, and an upload only it used
         except UserError as e:
             return f"❌ {e}", gr.update(), gr.update(), gr.update(), False
         rows, a, b = refresh_all(None)

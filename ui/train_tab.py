@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -12,11 +11,13 @@ import gradio as gr
 from ft_engine.config import FIELD_DOCS, ComputeDtype, Optimizer, Precision, QuantType, RunConfig, Scheduler
 from ft_engine.errors import UserError
 
+from . import limits
 from .context import Studio
 from .data_tab import DataWidgets
 from .forecast_view import (FIX_FIELDS, MAX_FIXES, Fix, forecast_figure, longest_row, memory_view,
                             no_forecast_markdown, verdict_markdown)
-from .form import ADVANCED_FIELDS, LORA_TARGETS, METHOD_CARDS, PRESETS, config_from_form, preset_values
+from .form import (ADVANCED_FIELDS, LORA_TARGETS, METHOD_CARDS, PRESETS, START_TRAINING_PARAMETERS,
+                   config_from_form, preset_values, settings_from_json)
 
 MODEL_CHOICES = ["bundled", "meta-llama/Llama-3.2-1B-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"]
 METHODS = [("LoRA (recommended)", "lora"), ("QLoRA (4-bit base)", "qlora"), ("Full fine-tuning", "full")]
@@ -108,9 +109,10 @@ def _rows_note(studio: Studio, run_id: str) -> str:
     return ""
 
 
-def forecast_refusal(config: RunConfig) -> str | None:
+def forecast_refusal(config: RunConfig, anyway_off: str | None = None) -> str | None:
     """Why Start refuses `config` (the forecast says it will not fit), or None. A model the
-    forecast does not know is not refused: there is nothing to go on."""
+    forecast does not know is not refused: there is nothing to go on. `anyway_off`: why start
+    anyway is off for this caller (start_anyway_off), said in place of offering it."""
     try:
         view = memory_view(config, longest_row(config.data, config.model, config.data_format))
     except UserError:
@@ -122,12 +124,22 @@ def forecast_refusal(config: RunConfig) -> str | None:
     return (f"not started: the memory forecast says this run needs {need / 1024:.1f} GiB and only "
             f"{free / 1024:.1f} GiB is free, so it would run out of memory. "
             + (f"Fixes: {fixes}. " if fixes else "")
-            + "Or start it anyway (the 'Start anyway' box; start_anyway=True in the API).")
+            + (f"{anyway_off}." if anyway_off else
+               "Or start it anyway (the 'Start anyway' box; start_anyway=True in the API)."))
+
+
+def start_anyway_off(request: gr.Request | None) -> str | None:
+    """Why this caller may not start a run the forecast refuses (limits.start_anyway_refusal:
+    demo mode, or a shared studio and not signed in), or None. Checked on the server for every
+    call: the hidden checkbox is not what stops it."""
+    return limits.start_anyway_refusal(signed_in=bool(getattr(request, "username", None)))
 
 
 def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets:
     defaults = RunConfig()
     preset_defaults = preset_values(DEFAULT_PRESET, defaults.method)
+    # shown where the server honours it (start_anyway_off); where FT_AUTH is set, whoever sees the page signed in
+    anyway_shown = limits.start_anyway_refusal(signed_in=bool(limits.login())) is None
     gr.Markdown("## 2 · Train")
     with gr.Row():
         with gr.Column(scale=2):
@@ -158,7 +170,7 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
         with gr.Column(scale=2):
             memory_verdict = gr.Markdown("Memory forecast: pick a model and data.")
             fix_buttons = [gr.Button(visible=False, size="sm", variant="secondary") for _ in range(MAX_FIXES)]
-            start_anyway = gr.Checkbox(False, label="Start anyway",
+            start_anyway = gr.Checkbox(False, label="Start anyway", visible=anyway_shown,
                                        info="Ignore the forecast and start a run it says will not fit")
     fixes_state = gr.State([])  # the Fix objects behind the buttons
     with gr.Row():
@@ -198,7 +210,7 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
         except UserError as e:  # a half-typed setting or an unknown model: say why, keep going
             return None, no_forecast_markdown(e), *hidden, []
         buttons = [gr.update(visible=True, value=f.label) for f in view.fixes] + hidden[len(view.fixes):]
-        return forecast_figure(view), verdict_markdown(view), *buttons, view.fixes
+        return forecast_figure(view), verdict_markdown(view, anyway_shown), *buttons, view.fixes
 
     forecast_outputs = [memory_plot, memory_verdict, *fix_buttons, fixes_state]
     forecast_triggers = [model.change, method.change, data.max_seq_len.change, data.data_path.change,
@@ -218,7 +230,7 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
     for i, button in enumerate(fix_buttons):
         button.click(lambda fixes, i=i: apply_fix(i, fixes), [fixes_state], fix_widgets, api_visibility="private")
 
-    def start_from_widgets(*values):
+    def start_from_widgets(request: gr.Request, *values):
         *values, anyway = values
         form = dict(zip(form_names, values))
         if not form["data"]:
@@ -227,7 +239,8 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
             form["data"] = studio.checked_data_path(form["data"])
             form["runs_dir"] = str(studio.runs_dir)
             config = config_from_form(form)
-            refusal = None if anyway else forecast_refusal(config)
+            off = start_anyway_off(request)
+            refusal = None if anyway and not off else forecast_refusal(config, off)
             if refusal:
                 return f"❌ {refusal}", gr.update()
             run = studio.worker.submit(config)
@@ -250,20 +263,21 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
 
     # --- scripting API (gradio_client) ----------------------------------------------------
     def start_training(data_path: str, model: str = "bundled", method: str = "lora",
-                       preset: str = DEFAULT_PRESET, settings_json: str = "{}", start_anyway: bool = False) -> dict:
+                       preset: str = DEFAULT_PRESET, settings_json: str = "{}", start_anyway: bool = False,
+                       request: gr.Request | None = None) -> dict:
         """Start (or queue) a run. data_path: as returned by validate_data. settings_json: any
         RunConfig fields as a JSON object, e.g. {"max_steps": 5}. A run the memory forecast
-        says will not fit is refused unless start_anyway. Returns run_id, position and
-        message; on bad input run_id is empty and message says what to fix."""
+        says will not fit is refused unless start_anyway (which a demo, or a shared studio
+        without login, does not honour: there the refusal is final). Returns run_id, position
+        and message; on bad input run_id is empty and message says what to fix."""
         try:
-            settings = json.loads(settings_json or "{}")
-            if not isinstance(settings, dict):
-                raise UserError("settings_json must be a JSON object such as {\"max_steps\": 5}")
-            # settings come last but cannot choose where files are written or read
+            # refused, not overridden: a key with its own parameter (method, model, data_path), or runs_dir
+            settings = settings_from_json(settings_json, "start_training", START_TRAINING_PARAMETERS)
             form = {**preset_values(preset, method), **settings, "model": model, "method": method,
                     "data": studio.checked_data_path(data_path), "runs_dir": str(studio.runs_dir)}
             config = config_from_form(form)
-            refusal = None if start_anyway else forecast_refusal(config)
+            off = start_anyway_off(request)
+            refusal = None if start_anyway and not off else forecast_refusal(config, off)
             if refusal:
                 return {"run_id": "", "position": None, "message": refusal}
             run = studio.worker.submit(config)
