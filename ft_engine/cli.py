@@ -42,6 +42,27 @@ def _parser() -> argparse.ArgumentParser:
                        help=FIELD_DOCS.get(name, ""))
     t.add_argument("--activation-checkpointing", dest="activation_checkpointing", action="store_true",
                    default=None, help=FIELD_DOCS.get("activation_checkpointing", ""))
+    for name in ("devices", "strategy"):
+        t.add_argument("--" + name, dest=name, default=None, help=FIELD_DOCS.get(name, ""))
+    t.add_argument("--fsdp-cpu-offload", dest="fsdp_cpu_offload", action="store_true", default=None,
+                   help=FIELD_DOCS.get("fsdp_cpu_offload", ""))
+    t.add_argument("--nodes", type=int, default=1, help="machines training this run together (each runs this "
+                                                         "command, with its own --node-rank); default 1")
+    t.add_argument("--node-rank", type=int, default=0, help="this machine's place among --nodes, 0 to nodes-1; "
+                                                             "node 0 creates the run directory and writes it")
+    t.add_argument("--main-address", default="", help="with --nodes 2+: host name or IP of node 0, reachable "
+                                                      "from every node")
+    t.add_argument("--main-port", type=int, default=0,
+                   help="with --nodes 2+: a free TCP port on node 0 that every node can reach (e.g. 29500)")
+
+    tr = sub.add_parser("train-run", help="train a run the studio or `train` prepared (what launch.py starts, "
+                                          "once per process)")
+    tr.add_argument("run_dir", nargs="?", default=None,
+                    help="the prepared run directory (on nodes other than 0: none; node 0's rank 0 sends the "
+                         "run's settings)")
+    tr.add_argument("--supervisor", type=int, default=None,
+                    help="pid of the process that started this one: the run stops (keeping what it trained) "
+                         "if that process is gone")
 
     c = sub.add_parser("chat", help="answer one prompt with a trained run")
     c.add_argument("run_dir", help="the run directory (printed by train, listed by runs)")
@@ -81,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
                       ("runs_dir", str)):  # what decides the disk the run needs
         pl.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                         help=FIELD_DOCS.get(name, ""))
+    pl.add_argument("--devices", type=int, default=1,
+                    help="processes (GPUs) the run trains on: the forecast is then per device (default 1)")
+    pl.add_argument("--strategy", default=None, help=FIELD_DOCS.get("strategy", ""))
+    pl.add_argument("--fsdp-cpu-offload", dest="fsdp_cpu_offload", action="store_true", default=None,
+                    help=FIELD_DOCS.get("fsdp_cpu_offload", ""))
     pl.add_argument("--device", default=None, choices=["cpu", "cuda"],
                     help="device to plan for (default: this machine's)")
     pl.add_argument("--json", action="store_true", help="print a JSON object")
@@ -110,12 +136,59 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    from .launch import Launch
     from .training import train
     cfg = RunConfig.from_yaml(args.config) if args.config else RunConfig()
-    overrides = {k: getattr(args, k) for k in [*_TRAIN_FLAGS, "activation_checkpointing"]
+    overrides = {k: getattr(args, k) for k in [*_TRAIN_FLAGS, "activation_checkpointing", "devices", "strategy",
+                                               "fsdp_cpu_offload"]
                  if getattr(args, k) is not None}
     cfg = RunConfig.from_dict({**cfg.to_dict(), **overrides})
-    return _run_job_cli(lambda job_holder: train(cfg, on_job=job_holder))
+    launch = Launch(nodes=args.nodes, node_rank=args.node_rank, main_address=args.main_address or
+                    ("127.0.0.1" if args.nodes == 1 else ""), main_port=args.main_port).check()
+    from .launch import processes_for
+    if launch.nodes == 1 and processes_for(cfg.validate(check_paths=False)) == 1:
+        return _run_job_cli(lambda job_holder: train(cfg, on_job=job_holder))  # this process trains
+    return _launch_cli(cfg, launch)
+
+
+def _launch_cli(cfg: RunConfig, launch) -> int:
+    """Train in processes of their own under accelerate launch: on node 0 the run directory is
+    made here and watched (supervise.LaunchedRun); another node only checks its settings and
+    data, then starts its processes, which take the run's settings from node 0."""
+    import dataclasses
+    import subprocess
+    import tempfile
+
+    from .launch import command, environment
+    from .rundir import Status
+    from .supervise import LaunchedRun
+    from .training import TrainingJob
+    job = TrainingJob(cfg)
+    job.nodes = launch.nodes
+    job.check_only = launch.node_rank != 0
+    run_dir = job.prepare()
+    launch = dataclasses.replace(launch, processes=job.processes // launch.nodes)
+    if launch.node_rank != 0:
+        with tempfile.TemporaryDirectory(prefix="ft-launch-") as tmp:
+            cmd = command(None, launch, supervisor_pid=os.getpid(), config_file=Path(tmp) / "accelerate.yaml")
+            print(f"node {launch.node_rank} of {launch.nodes}: {launch.processes} process(es), waiting for node 0 "
+                  f"at {launch.main_address}:{launch.main_port}", file=sys.stderr)
+            child = subprocess.Popen(cmd, env=environment(launch), start_new_session=True)
+            signal.signal(signal.SIGINT, lambda *_: child.terminate())
+            signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+            return 0 if child.wait() == 0 else 1
+    launched = LaunchedRun(job, launch)
+
+    def on_signal(signum, frame):
+        launched.stop()
+        print("stopping after the current step...", file=sys.stderr)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"{job.processes} processes ({cfg.strategy}), effective batch {job.scale()['effective_batch']}; "
+          f"their output: {run_dir.path / 'train.log'}", file=sys.stderr)
+    run_dir.write_status(**job.scale())
+    status = launched.run()
+    return _report(run_dir, status)
 
 
 def cmd_resume(args) -> int:
@@ -136,6 +209,11 @@ def _run_job_cli(start) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     run_dir, status = start(jobs.append)
+    return _report(run_dir, status)
+
+
+def _report(run_dir, status) -> int:
+    from .rundir import Status
     info = run_dir.read_status()
     print(f"status: {status.value}, steps: {info.get('step')}/{info.get('total_steps')}, "
           f"final loss: {info.get('final_loss')}, peak memory: {info.get('mem_peak_mib')} MiB"
@@ -143,6 +221,15 @@ def _run_job_cli(start) -> int:
     if status == Status.FAILED:
         print(f"error: {info.get('error')}", file=sys.stderr)
     print(run_dir.path)
+    return 0 if status == Status.COMPLETED else 1
+
+
+def cmd_train_run(args) -> int:
+    from .rundir import Status
+    from .training import train_launched
+    jobs = []  # SIGTERM (the launcher ending the processes, `kill`): stop after the step, keep the result
+    signal.signal(signal.SIGTERM, lambda *_: [job.stop() for job in jobs])
+    status = train_launched(args.run_dir, args.supervisor, on_job=jobs.append)
     return 0 if status == Status.COMPLETED else 1
 
 
@@ -215,7 +302,8 @@ def cmd_plan(args) -> int:
     from .forecast import LLAMA_1B_SHAPE, format_plan, plan
     values = {k: getattr(args, k) for k in ("model", "batch_size", "max_seq_len", "lora_r",
                                             "activation_checkpointing", "optimizer", "checkpoint_steps",
-                                            "checkpoints_kept", "max_steps", "runs_dir")
+                                            "checkpoints_kept", "max_steps", "runs_dir", "strategy",
+                                            "fsdp_cpu_offload")
               if getattr(args, k) is not None}
     cfg = RunConfig.from_dict(values)
     # the built-in shape is not a model id RunConfig knows; check every other setting
@@ -223,7 +311,9 @@ def cmd_plan(args) -> int:
     if args.seq_len is not None and args.seq_len < 1:
         raise UserError(f"--seq-len must be >= 1 (tokens), got {args.seq_len}")
     methods = ["full", "lora", "qlora"] if args.method == "all" else [args.method]
-    report = plan(cfg, methods, args.device, seq_len=args.seq_len)
+    if args.devices < 1:
+        raise UserError(f"--devices must be >= 1 (processes, one GPU each), got {args.devices}")
+    report = plan(cfg, methods, args.device, seq_len=args.seq_len, processes=args.devices)
     print(json.dumps(report, indent=2) if args.json else format_plan(report))
     return 0
 
@@ -265,9 +355,9 @@ def cmd_compare(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("FT_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    if args.command in ("train", "resume", "compare"):
+    if args.command in ("train", "train-run", "resume", "compare"):
         logging.getLogger("ft_engine").setLevel(logging.INFO)  # one progress line per logging step
-    handlers = {"train": cmd_train, "chat": cmd_chat, "runs": cmd_runs, "export": cmd_export,
+    handlers = {"train": cmd_train, "train-run": cmd_train_run, "chat": cmd_chat, "runs": cmd_runs, "export": cmd_export,
                 "resume": cmd_resume, "plan": cmd_plan, "compare": cmd_compare}
     try:
         return handlers[args.command](args)

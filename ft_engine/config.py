@@ -28,6 +28,7 @@ Optimizer = Literal["auto", "adamw_torch", "adamw_8bit", "adamw_lean", "sgd"]
 QuantType = Literal["nf4", "fp4"]
 ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"]
+Strategy = Literal["ddp", "fsdp"]
 
 BUNDLED_MODEL = "bundled"
 ALL_LINEAR = "all-linear"
@@ -155,6 +156,19 @@ class RunConfig:
     A100, L4, A10G, RTX 30/40), fp16 on older GPUs such as the T4; on a CPU bf16 where it has
     bf16 instructions (AVX512-BF16 or AMX), else fp32."""
 
+    # --- scaling out (launch.py) -------------------------------------------------------
+    devices: str = "auto"
+    """Processes to train with, one GPU each: `auto` = every GPU CUDA_VISIBLE_DEVICES shows (1
+    on a CPU), or a number. With 2 or more, accelerate launches them and each takes batch_size
+    rows per step: the effective batch is batch_size * grad_accum * devices."""
+    strategy: Strategy = "ddp"
+    """How 2+ processes share the work. `ddp`: each holds the whole model and gradients are
+    averaged. `fsdp`: weights, gradients and optimizer state are sharded over the processes
+    (FSDP2 full sharding), for models one device cannot hold."""
+    fsdp_cpu_offload: bool = False
+    """With fsdp: keep the sharded weights, gradients and optimizer state in CPU memory between
+    uses (slower; for a model the GPUs cannot hold even sharded)."""
+
     # ------------------------------------------------------------------------------------
     def validate(self, *, check_paths: bool = True) -> "RunConfig":
         """Raise one ConfigError listing every invalid setting, each with its fix."""
@@ -187,6 +201,7 @@ class RunConfig:
         need(self.checkpoints_kept >= 1, f"checkpoints_kept must be >= 1, got {self.checkpoints_kept}")
         need(0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED:,} (2**32 - 1), got {self.seed}")
         problems += _check_number_ranges(self)
+        problems += scale_out_problems(self)
         nul = _texts_with_nul(self)  # reported once, by name; their other checks would only confuse
         problems += [f"{name} contains a NUL byte (\\x00): remove it" for name in nul]
         if self.optimizer == "adamw_lean":
@@ -277,6 +292,37 @@ def lean_optimizer_problems(cfg: RunConfig) -> list[str]:
         problems.append("optimizer adamw_lean cannot undo fp16 loss scaling (its step runs inside backward): "
                         "use precision bf16, fp32 or auto, or optimizer adamw_8bit")
     return problems
+
+
+def device_count(cfg: RunConfig) -> int | None:
+    """`devices` as a number; None for `auto` (launch.processes resolves it on the machine)."""
+    value = str(cfg.devices).strip()
+    return None if value == "auto" else int(value) if value.isascii() and value.isdigit() else -1
+
+
+# More processes than this on one run is a typing slip, not a machine (8 GPUs a box is the most
+# a box is sold with; multi-node runs count per node).
+MAX_DEVICES = 64
+
+
+def scale_out_problems(cfg: RunConfig) -> list[str]:
+    """What is wrong with devices / strategy (none: fine)."""
+    problems = []
+    n = device_count(cfg)
+    if n is not None and not 1 <= n <= MAX_DEVICES:
+        problems.append(f"devices must be auto or a whole number from 1 to {MAX_DEVICES} (processes, one GPU "
+                        f"each), got {cfg.devices!r}")
+    if cfg.fsdp_cpu_offload and cfg.strategy != "fsdp":
+        problems.append("fsdp_cpu_offload needs strategy fsdp: set strategy to fsdp or turn the offload off")
+    if cfg.optimizer == "adamw_lean" and n is not None and n > 1:
+        problems.append(lean_needs_one_process(n))
+    return problems
+
+
+def lean_needs_one_process(processes: int) -> str:
+    return (f"optimizer adamw_lean steps each weight inside backward, before the {processes} processes have "
+            f"averaged its gradient, so their models would drift apart: use adamw_8bit (or adamw_torch) with "
+            f"devices {processes}, or devices 1")
 
 
 def _check_literals(cfg: RunConfig) -> list[str]:

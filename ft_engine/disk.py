@@ -149,15 +149,16 @@ def gb(nbytes: float) -> str:
     return f"{nbytes / GB:,.1f} GB" if nbytes >= 0.1 * GB else f"{nbytes / 1e6:,.1f} MB"
 
 
-def planned_steps(config: RunConfig, train_rows: int | None) -> int | None:
+def planned_steps(config: RunConfig, train_rows: int | None, processes: int = 1) -> int | None:
     """The optimizer steps the Trainer will run: max_steps, else epochs × steps per epoch as
-    transformers counts them (batches per epoch / grad_accum, rounded up, at least 1).
-    None when max_steps is 0 and the rows are not known."""
+    transformers counts them (batches per epoch / grad_accum, rounded up, at least 1; with
+    several processes each takes every n-th batch, accelerate's sharding, so a process sees
+    the batches / processes, rounded up). None when max_steps is 0 and the rows are not known."""
     if config.max_steps > 0:
         return config.max_steps
     if not train_rows:
         return None
-    batches = math.ceil(train_rows / config.batch_size)
+    batches = math.ceil(math.ceil(train_rows / config.batch_size) / max(processes, 1))
     per_epoch = max(batches // config.grad_accum + int(batches % config.grad_accum > 0), 1)
     return math.ceil(config.epochs * per_epoch)
 

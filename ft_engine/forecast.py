@@ -567,28 +567,29 @@ def memory_first(config: RunConfig, device: str) -> bool:
 
 def resolve_optimizer(config: RunConfig, shape: ModelShape | None = None, device: str | None = None,
                       available=None, constants: Constants = DEFAULTS, *, seq_len: int | None = None,
-                      tokens_per_batch: int | None = None) -> str:
+                      tokens_per_batch: int | None = None, processes: int = 1) -> str:
     """`optimizer: auto` → adamw_torch, except for a full fine-tune that does not fit (verdict
     `tight` or `will not fit`) with it: then adamw_lean, or adamw_8bit where adamw_lean cannot
-    run (grad_accum > 1, fp16). `available`: bytes, or the tuple `available_memory` gives; when
-    it is None (unknown) auto means adamw_torch."""
+    run (grad_accum > 1, fp16, several processes). `available`: bytes, or the tuple
+    `available_memory` gives; when it is None (unknown) auto means adamw_torch."""
     if config.optimizer != "auto":
         return config.optimizer
     if config.method != "full" or _available_bytes(available) is None:
         return "adamw_torch"
     plain = forecast(config.replace(optimizer="adamw_torch"), shape, device, constants,
-                     seq_len=seq_len, tokens_per_batch=tokens_per_batch)
+                     seq_len=seq_len, tokens_per_batch=tokens_per_batch, processes=processes)
     if verdict(plain, available, constants) == "fits":
         return "adamw_torch"
     device = plain.device
-    if not lean_optimizer_problems(config) and not (device == "cuda" and resolve_precision(config, device) == "fp16"):
+    if processes == 1 and not lean_optimizer_problems(config) and \
+            not (device == "cuda" and resolve_precision(config, device) == "fp16"):
         return "adamw_lean"
     return "adamw_8bit"
 
 
 def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | None = None,
              constants: Constants = DEFAULTS, *, seq_len: int | None = None,
-             tokens_per_batch: int | None = None, available=None) -> Forecast:
+             tokens_per_batch: int | None = None, available=None, processes: int = 1) -> Forecast:
     """Forecast the peak memory of training `config` on `device` (default: this machine's).
 
     `available` (bytes, or `available_memory`'s tuple) only resolves `optimizer: auto`
@@ -633,6 +634,8 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     Peak: on CPU the sum of the components. On CUDA (but adamw_lean) ALWAYS_ALIVE +
       max(forward/backward: activations + logits_loss + autocast_copies, optimizer step:
       optimizer_temp); details["peak_phase"] says which (see `Forecast.peak_components`).
+       Several processes (`processes`, one device each; see `spread`): the forecast is per
+      device; on a CPU, where they share the RAM, `needed_bytes` is all of them together.
     """
     c = constants
     if shape is None:
@@ -642,7 +645,8 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
         raise UserError(f"device must be cpu or cuda, got {device!r}")
     if config.optimizer == "auto":
         config = config.replace(optimizer=resolve_optimizer(config, shape, device, available, c, seq_len=seq_len,
-                                                            tokens_per_batch=tokens_per_batch))
+                                                            tokens_per_batch=tokens_per_batch,
+                                                            processes=processes))
     precision = resolve_precision(config, device)
     lean = config.method == "full" and config.optimizer == "adamw_lean"
     half = precision in ("bf16", "fp16")  # autocast, on a GPU or on a CPU with bf16 instructions
@@ -770,6 +774,7 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
         load_peak = cpu_load_peak_bytes(shape, comp, c, loaded_dtype=loaded)
         comp["runtime_overhead"] += max(0, load_peak - sum(comp.values()))
 
+    spread_details = spread(comp, config, shape, processes, device, compute) if processes > 1 else {}
     comp = {k: int(v) for k, v in comp.items()}
     # On a GPU the forward/backward transients are freed before the optimizer step's scratch is
     # allocated (PHASES); adamw_lean steps inside backward, where both exist together. On CPU
@@ -784,11 +789,57 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
                            if method != "full" else None,
                            "checkpoint_dtype": shape.checkpoint_dtype,
                            "peak_while": "loading the model" if load_peak is not None
-                           and load_peak >= sum(comp.values()) else "training"})
+                           and load_peak >= sum(comp.values()) else "training",
+                           "processes": processes, **spread_details})
     fc.details["peak_phase"] = fc.peak_phase
-    fc.needed_bytes = fc.total_bytes if device == "cpu" else \
+    fc.needed_bytes = fc.total_bytes * processes if device == "cpu" else \
         int(fc.total_bytes * (1 + c.cuda_fragmentation)) + c.cuda_context
     return fc
+
+
+# What FSDP shards (full sharding: each of N processes keeps 1/N) and what it leaves whole.
+SHARDED = ("weights_frozen", "weights_trainable", "quant_constants", "gradients", "optimizer_state",
+           "optimizer_temp")
+
+
+def spread(comp: dict[str, int], config: RunConfig, shape: ModelShape, processes: int, device: str,
+           compute_bytes: int) -> dict[str, Any]:
+    """`comp` (one process's components, as for a run alone) changed in place to one of
+    `processes` processes' share; returns the details to record. Not yet measured on GPUs:
+    derived from how DDP and FSDP2 hold memory.
+
+    ddp: every process holds everything, plus DDP's gradient buckets, a second fp32 copy of
+      every trainable gradient that the all-reduce works in (gradient_as_bucket_view is off):
+      4 B per trainable parameter, in `gradients`.
+    fsdp: weights, gradients and optimizer state are cut into `processes` shards (QLoRA's
+      4-bit weights stay whole: accelerate leaves uint8-stored Params4bit out of the shards);
+      one decoder layer is gathered whole at a time, and the next one is prefetched, beside
+      the root unit (embedding, final norm, head), gathered throughout: in the compute dtype,
+      in `runtime_overhead`. Casting to the compute dtype
+      happens on the gathered layer, so no autocast copies are cached. With fsdp_cpu_offload
+      the shards live in CPU memory between uses: on the GPU only the gathered layers, the
+      activations and the loss remain."""
+    trainable = shape.total if config.method == "full" else lora_params(config, shape)
+    if config.strategy != "fsdp":
+        comp["gradients"] += 4 * trainable
+        return {"strategy": "ddp", "ddp_bucket_bytes": 4 * trainable}
+    whole = ("weights_frozen", "quant_constants") if config.method == "qlora" else ()
+    for key in SHARDED:
+        if key not in whole:
+            comp[key] = math.ceil(comp[key] / processes)
+    # the root unit (embedding, final norm, head) is gathered for the whole forward and backward
+    root = shape.embedding + shape.final_norm + shape.lm_head
+    gathered = (2 * shape.per_layer + root) * compute_bytes
+    comp["runtime_overhead"] += gathered
+    comp["autocast_copies"] = 0
+    details: dict[str, Any] = {"strategy": "fsdp", "gathered_bytes": gathered}
+    if config.fsdp_cpu_offload and device == "cuda":
+        offloaded = sum(comp[k] for k in SHARDED if k not in whole)
+        for key in SHARDED:
+            if key not in whole:
+                comp[key] = 0
+        details["offloaded_to_cpu_bytes"] = offloaded
+    return details
 
 
 def cpu_load_peak_bytes(shape: ModelShape, comp: dict[str, int], c: Constants = DEFAULTS,
@@ -1038,7 +1089,7 @@ def _candidates(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
 
 
 def suggestions(config: RunConfig, shape: ModelShape | None, available,
-                constants: Constants = DEFAULTS, *, seq_len: int | None = None
+                constants: Constants = DEFAULTS, *, seq_len: int | None = None, processes: int = 1
                 ) -> list[tuple[str, RunConfig, Forecast]]:
     """When `config` will not fit (or is tight), changes that lower its forecast, each with its
     new forecast. `available`: bytes, or the tuple `available_memory` returns.
@@ -1050,7 +1101,8 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
     change, followed by all of them combined."""
     shape = shape or model_shape(config.model)
     device = available[0] if isinstance(available, tuple) else None
-    base = forecast(config, shape, device, constants, seq_len=seq_len, available=available)
+    base = forecast(config, shape, device, constants, seq_len=seq_len, available=available,
+                         processes=processes)
     if verdict(base, available, constants) in ("fits", "unknown"):
         return []
     lowering = []
@@ -1058,7 +1110,8 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
         new = config.replace(**change)
         if new == config:
             continue
-        fc = forecast(new, shape, base.device, constants, seq_len=seq_len, available=available)
+        fc = forecast(new, shape, base.device, constants, seq_len=seq_len, available=available,
+                         processes=processes)
         if fc.total_bytes < base.total_bytes:
             lowering.append((desc, new, fc))
     for good in ("fits", "tight"):
@@ -1072,7 +1125,8 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
                                            ("activation_checkpointing", "optimizer", "batch_size",
                                             "grad_accum", "method", "max_seq_len", "precision")
                                            if getattr(new, k) != getattr(config, k)})
-        fc = forecast(combined, shape, base.device, constants, seq_len=seq_len, available=available)
+        fc = forecast(combined, shape, base.device, constants, seq_len=seq_len, available=available,
+                         processes=processes)
         if fc.total_bytes < min(s[2].total_bytes for s in lowering):
             lowering.append(("all of the above together", combined, fc))
     return lowering
@@ -1090,7 +1144,7 @@ COMPONENT_LABELS = {
 
 
 def plan(config: RunConfig, methods: list[str], device: str | None = None,
-         seq_len: int | None = None) -> dict[str, Any]:
+         seq_len: int | None = None, processes: int = 1) -> dict[str, Any]:
     """Forecast, verdict and suggestions for each method, and the disk each run will write
     (disk.py): the data behind `plan`."""
     from .disk import disk_forecast, disk_line, free_bytes, planned_steps
@@ -1102,17 +1156,17 @@ def plan(config: RunConfig, methods: list[str], device: str | None = None,
         "available": {"device": avail[0], "bytes": avail[1],
                       "mib": None if avail[1] is None else round(avail[1] / MIB, 1), "label": avail[2]},
         "disk": {"runs_dir": config.runs_dir, "free_bytes": free},
-        "methods": {},
+        "methods": {}, "processes": processes, "strategy": config.strategy if processes > 1 else None,
     }
     for method in methods:
         cfg = config.replace(method=method)
-        fc = forecast(cfg, shape, avail[0], seq_len=seq_len, available=avail)
+        fc = forecast(cfg, shape, avail[0], seq_len=seq_len, available=avail, processes=processes)
         out["methods"][method] = {
             **fc.to_dict(), "verdict": verdict(fc, avail),
             "suggestions": [{"change": d, "total_mib": round(f.total_mib, 1), "needed_mib": round(f.needed_mib, 1),
                              "verdict": verdict(f, avail),
                              "config": {k: v for k, v in c.to_dict().items() if v != cfg.to_dict()[k]}}
-                            for d, c, f in suggestions(cfg, shape, avail, seq_len=seq_len)],
+                            for d, c, f in suggestions(cfg, shape, avail, seq_len=seq_len, processes=processes)],
         }
         disk = disk_forecast(cfg, shape, steps=planned_steps(cfg, None), device=avail[0])
         out["methods"][method]["disk"] = {**disk.to_dict(), "line": disk_line(disk, config.runs_dir, free),
@@ -1133,6 +1187,10 @@ def format_plan(report: dict[str, Any]) -> str:
     lines.append(f"device: {first['device']} ({first['precision']}); batch {d['batch_size']} x seq "
                  f"{seq} = {d['tokens_per_batch']:,} tokens; optimizer {d['optimizer']}; "
                  f"activation checkpointing {'on' if d['activation_checkpointing'] else 'off'}")
+    if report.get("processes", 1) > 1:
+        lines.append(f"{report['processes']} processes ({report['strategy']}): every figure below is one "
+                     f"device's" + (" (on a CPU they share the RAM: needed free is all of them)"
+                                    if first["device"] == "cpu" else ""))
     width = max(len(v) for v in COMPONENT_LABELS.values()) + 2
     lines.append("")
     lines.append(f"{'MiB':<{width}}" + "".join(f"{m:>12}" for m in methods))

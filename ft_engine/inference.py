@@ -28,22 +28,23 @@ from .rundir import ADAPTER_DIR, MODEL_DIR, RunDir, open_run
 
 # --- where a chat model goes, and in what dtype (issue 10) ---------------------------------------
 
-def chat_device(training_run: str | None = None) -> int | str:
+def chat_device(training_run: str | None = None, run_gpus: int = 1) -> int | str:
     """The device a chat model is loaded on: "cpu" without CUDA; with 2+ GPUs the last one
-    (runs train on memory.TRAIN_GPU, so a chat never takes memory from a run); with one GPU,
-    that GPU — but not while `training_run` trains on it: the run's memory was forecast and
-    checked for the run alone, and a 1B chat model in bf16 is 2.5 GB more (a full run compared
-    with its base, 5 GB), enough to run a T4 out of memory mid-training."""
+    (runs train from GPU memory.TRAIN_GPU up, so a chat never takes memory from a run); with
+    one GPU, that GPU — but not while `training_run` trains on it (or, using `run_gpus` GPUs,
+    on every one there is): the run's memory was forecast and checked for the run alone, and
+    a 1B chat model in bf16 is 2.5 GB more (a full run compared with its base, 5 GB), enough to
+    run a T4 out of memory mid-training."""
     if not torch.cuda.is_available():
         return "cpu"
     gpus = torch.cuda.device_count()
-    if gpus >= 2:
-        return gpus - 1
-    if training_run:
-        raise UserError(f"the GPU is training run {training_run}: chat loads a model onto it only when no "
-                        f"run trains there, so the run keeps the memory it was planned with. Chat when the "
-                        f"run ends, or stop it in the Monitor tab (what it trained so far is kept)")
-    return TRAIN_GPU
+    if training_run and run_gpus >= gpus:
+        where = "the GPU" if gpus == 1 else f"all {gpus} GPUs"
+        raise UserError(f"{where} {'is' if gpus == 1 else 'are'} training run {training_run}: chat loads a model "
+                        f"onto a GPU only when no run trains there, so the run keeps the memory it was planned "
+                        f"with. Chat when the run ends, or stop it in the Monitor tab (what it trained so far is "
+                        f"kept)")
+    return gpus - 1 if gpus >= 2 else TRAIN_GPU
 
 
 def chat_dtype(config: RunConfig, device: int | str) -> torch.dtype:
@@ -53,9 +54,10 @@ def chat_dtype(config: RunConfig, device: int | str) -> torch.dtype:
     return torch.float32 if device == "cpu" else resolve_compute_dtype(config)
 
 
-def shares_gpu_with_runs(device: int | str) -> bool:
-    """A chat model on `device` sits on the GPU the runs train on."""
-    return device == TRAIN_GPU
+def shares_gpu_with_runs(device: int | str, run_gpus: int = 1) -> bool:
+    """A chat model on `device` sits on a GPU a run of `run_gpus` processes trains on (GPUs
+    TRAIN_GPU to TRAIN_GPU + run_gpus - 1)."""
+    return isinstance(device, int) and TRAIN_GPU <= device < TRAIN_GPU + max(run_gpus, 1)
 
 
 def stop_token_ids(tokenizer, generation_config=None) -> list[int]:

@@ -21,9 +21,12 @@ import contextlib
 import time
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from torch import nn
 from transformers import Trainer
 
+from . import distributed
 from .lean_optimizer import AdamWInBackward
 from .loss import (SharedHeadGradient, fused_cuda_loss_available, fused_cuda_loss_sum, linear_cross_entropy_sum,
                    tied_embedding)
@@ -93,6 +96,35 @@ class LeanTrainer(Trainer):
         # Seconds spent evaluating and saving checkpoints, which are not training: tokens/s
         # counts training time only (training._RunCallback reads this).
         self.paused_s = 0.0
+        # real tokens this process trained since the last sync_step (all processes' are summed there)
+        self._tokens_since_sync = 0
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """The stock accelerator, and FSDP on a CPU too. accelerate turns FSDP on only for GPU-like
+        devices and keeps processes on CPUs (gloo) as plain DDP, though torch's FSDP2 shards
+        over gloo just as over NCCL: the strategy asked for is the one run, on any machine (and
+        the multi-process tests on a CPU test FSDP, not DDP under its name)."""
+        super().create_accelerator_and_postprocess()
+        state = self.accelerator.state
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled \
+                and state.distributed_type == DistributedType.MULTI_CPU:
+            plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            if state.mixed_precision != "no":
+                plugin.set_mixed_precision(state.mixed_precision)
+            state.fsdp_plugin = plugin
+            state.distributed_type = DistributedType.FSDP
+            # as AcceleratorState does for GPUs: every later AcceleratorState() re-reads it from there
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.is_fsdp_enabled = True
+        if self.is_fsdp_enabled and state.mixed_precision in ("bf16", "fp16"):
+            # accelerate's default policy casts the forward's outputs to half precision and
+            # reduces gradients in it: the loss sum (thousands of tokens) would round to a
+            # quarter of a unit, and gradients lose bits DDP keeps. Compute in half, reduce in
+            # fp32, outputs as computed (the packed loss is fp32).
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+            half = torch.bfloat16 if state.mixed_precision == "bf16" else torch.float16
+            state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=half,
+                                                                            reduce_dtype=torch.float32)
 
     @contextlib.contextmanager
     def _paused(self):
@@ -107,9 +139,27 @@ class LeanTrainer(Trainer):
             super()._save_checkpoint(model, trial)
 
     def _loss_sum(self, model, inputs) -> tuple[torch.Tensor, int]:
-        with self.accelerator.autocast():
-            return packed_loss_sum(model, causal_lm(self.accelerator.unwrap_model(model)), inputs,
-                                   self.defer_head_gradient)
+        """The packed loss, computed inside `model`'s own call. Under DDP or FSDP `model` is the
+        wrapper, and the wrapper's call is where gradients are set up to be averaged (DDP) and
+        sharded weights gathered (FSDP); reaching into the model's decoder around it would train
+        each process alone, or find its weights missing."""
+        inner = self.accelerator.unwrap_model(model)
+        lm = causal_lm(inner)
+
+        def loss_inside(*_args, **_kwargs):
+            with self.accelerator.autocast():
+                return packed_loss_sum(inner, lm, inputs, self.defer_head_gradient)
+        with _forward_replaced(inner, loss_inside):
+            return model()
+
+    def sync_step(self, stop: bool) -> bool:
+        """At the end of each optimizer step, on every process: add up the real tokens all
+        processes trained (the count tokens/s is made of) and whether any of them was asked to
+        stop; True means all of them stop now, at the same step. One all-reduce, none alone."""
+        tokens, stops = distributed.sum_across(self._tokens_since_sync, 1.0 if stop else 0.0)
+        self.state.num_input_tokens_seen += int(tokens)
+        self._tokens_since_sync = 0
+        return stops > 0
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """With adamw_lean the Trainer has no gradient norm (it clips nothing): log the one the
@@ -141,12 +191,19 @@ class LeanTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:  # tokens/s counts real tokens only: the padding tail is not work
-            self.state.num_input_tokens_seen += int(inputs["real_tokens"])
+            self._tokens_since_sync += int(inputs["real_tokens"])
         loss_sum, count = self._loss_sum(model, inputs)
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         if torch.is_tensor(denominator):
             denominator = denominator.to(loss_sum.device)
         loss = loss_sum / denominator
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices \
+                and self.accelerator.num_processes > 1:
+            # num_items_in_batch counts every process's trained tokens, and DDP / FSDP average
+            # the gradients over processes: times their number, the step's gradient is the sum
+            # over all its tokens divided by their count, as in one process (the stock
+            # compute_loss does the same)
+            loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -159,13 +216,44 @@ class LeanTrainer(Trainer):
         return metrics
 
     def _held_out_loss(self, eval_dataset, metric_key_prefix: str) -> dict[str, float]:
-        model = self.model
+        """Every process evaluates every held-out row, in order: the held-out set is small, the
+        answer is the same number everywhere (no shards to add up, no padding rows repeated to
+        even them out), and under FSDP every process must take part in each forward anyway."""
+        from torch.utils.data import DataLoader
+        model = self.model_wrapped
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
+        rows = eval_dataset if eval_dataset is not None else self.eval_dataset
+        batches = DataLoader(rows, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
+                             collate_fn=self.data_collator)
         with torch.no_grad():
-            for batch in self.get_eval_dataloader(eval_dataset):
+            for batch in batches:
                 loss_sum, n = self._loss_sum(model, self._prepare_inputs(batch))
                 total, count = total + float(loss_sum), count + n
         model.train(was_training)
         return {f"{metric_key_prefix}_loss": total / max(count, 1)}
+
+
+@contextlib.contextmanager
+def _forward_replaced(module: nn.Module, forward):
+    """`module`'s next call runs `forward` instead (an attribute of this object only, the way
+    accelerate itself wraps forward for mixed precision). The model's own forward is back as
+    soon as that call starts: a head the packed loss cannot bypass runs it inside."""
+    had_own = "forward" in module.__dict__
+    previous = module.__dict__.get("forward")
+
+    def restore() -> None:
+        if had_own:
+            module.forward = previous
+        else:
+            module.__dict__.pop("forward", None)
+
+    def once(*args, **kwargs):
+        restore()
+        return forward(*args, **kwargs)
+    module.forward = once
+    try:
+        yield
+    finally:
+        restore()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import resource
 from pathlib import Path
 from typing import Iterator
@@ -20,9 +21,15 @@ import psutil
 MIB = 1024 * 1024
 log = logging.getLogger(__name__)
 
-# A run trains on the first GPU that CUDA_VISIBLE_DEVICES shows (training.OneDeviceArguments);
-# its memory is read there, whatever else (a chat model on another GPU) is allocated elsewhere.
+# A one-process run trains on the first GPU that CUDA_VISIBLE_DEVICES shows
+# (training.OneDeviceArguments); its memory is read there, whatever else (a chat model on another
+# GPU) is allocated elsewhere. A process of a run of several trains on GPU LOCAL_RANK.
 TRAIN_GPU = 0
+
+
+def train_gpu() -> int:
+    """The GPU this process trains on: TRAIN_GPU, or its local rank in a run of several."""
+    return int(os.environ.get("LOCAL_RANK", TRAIN_GPU) or TRAIN_GPU)
 # What the training GPU held when the run's measurement began (`reset_peak`): a chat model,
 # another model not yet collected. A run's readings are its own, over and above this.
 _cuda_baseline = {"allocated": 0, "reserved": 0}
@@ -78,9 +85,9 @@ def reset_peak() -> bool:
     in which case the CPU peak covers the whole process lifetime (and is labelled so)."""
     import torch
     if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats(TRAIN_GPU)
-        _cuda_baseline.update(allocated=torch.cuda.memory_allocated(TRAIN_GPU),
-                              reserved=torch.cuda.memory_reserved(TRAIN_GPU))
+        torch.cuda.reset_peak_memory_stats(train_gpu())
+        _cuda_baseline.update(allocated=torch.cuda.memory_allocated(train_gpu()),
+                              reserved=torch.cuda.memory_reserved(train_gpu()))
         return True
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -113,10 +120,10 @@ def snapshot() -> dict[str, float]:
             return round(max(now - before, 0) / MIB, 1)
         return {
             "mem_device": "cuda",
-            "mem_used_mib": mib(torch.cuda.memory_allocated(TRAIN_GPU), allocated),
-            "mem_peak_mib": mib(torch.cuda.max_memory_allocated(TRAIN_GPU), allocated),
-            "mem_reserved_mib": mib(torch.cuda.memory_reserved(TRAIN_GPU), reserved),
-            "mem_peak_reserved_mib": mib(torch.cuda.max_memory_reserved(TRAIN_GPU), reserved),
+            "mem_used_mib": mib(torch.cuda.memory_allocated(train_gpu()), allocated),
+            "mem_peak_mib": mib(torch.cuda.max_memory_allocated(train_gpu()), allocated),
+            "mem_reserved_mib": mib(torch.cuda.memory_reserved(train_gpu()), reserved),
+            "mem_peak_reserved_mib": mib(torch.cuda.max_memory_reserved(train_gpu()), reserved),
             "mem_baseline_mib": round(allocated / MIB, 1),
         }
     rss = psutil.Process().memory_info().rss

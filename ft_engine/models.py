@@ -29,7 +29,7 @@ from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
 from .errors import ConfigError, UserError
 from .fast_dropout import fuse_lora_dropout
 from .hardware import cpu_has_native_bf16, cuda_has_native_bf16
-from .memory import TRAIN_GPU
+from .memory import train_gpu
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def placement(quantization=None, device: int | str | None = None) -> dict:
     (issue 10; a Colab has 12.7 GB). On a CPU a plain model needs no map; a 4-bit one needs it
     for bitsandbytes."""
     if device is None:
-        device = TRAIN_GPU if torch.cuda.is_available() else "cpu"
+        device = train_gpu() if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return {"device_map": {"": "cpu"}} if quantization is not None else {}
     return {"device_map": {"": device}}

@@ -210,6 +210,26 @@ class RunDir:
                                     f"the file itself")
 
 
+
+
+# A run's processes of a run of several (accelerate launch) but global rank 0 write nothing:
+# the run directory has one writer, and what they would write is rank 0's too.
+STOP_FILE = "stop_requested"
+
+
+class FollowerRunDir(RunDir):
+    """The run directory as a process other than rank 0 sees it: it reads, and its writes go
+    nowhere (status, metrics and events are rank 0's alone)."""
+
+    def write_status(self, **fields: Any) -> dict[str, Any]:
+        return {}
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        return None
+
+    def write_json(self, name: str, value: Any) -> None:
+        return None
+
 def links_leaving(folder: Path, root: Path) -> list[str]:
     """The entries under `folder` (files and folders, as paths relative to `root`) that are
     symbolic links resolving outside `root`. Linked folders are listed, not entered."""

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 
-from . import memory
+from . import distributed, memory
 from .config import RunConfig
 from .data import load_examples
 from .disk import check_disk, planned_steps
@@ -40,8 +40,8 @@ from .lean_optimizer import AdamWInBackward
 from .lean_trainer import LeanTrainer
 from .packing import PackedBatch, pass_budget
 from .render import EncodedData, encode_all
-from .rundir import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, MODEL_DIR, RunDir,
-                     Status, atomic_write_text, new_run_id, open_run, utc_now)
+from .rundir import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, MODEL_DIR, STOP_FILE,
+                     FollowerRunDir, RunDir, Status, atomic_write_text, new_run_id, open_run, utc_now)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,25 @@ class OneDeviceArguments(TrainingArguments):
         return min(super().n_gpu, 1)
 
 
-def training_arguments(cfg: RunConfig, run: RunDir, evaluates: bool) -> OneDeviceArguments:
+def sharding(cfg: RunConfig, processes: int, layer_class: str | None) -> dict[str, Any]:
+    """The Trainer's FSDP arguments for `cfg` on `processes` processes ({} for DDP or one
+    process): FSDP2 (torch's fully_shard), each decoder layer its own unit so only one layer's
+    weights are gathered at a time, resharded after forward (full sharding)."""
+    if processes < 2 or cfg.strategy != "fsdp":
+        return {}
+    fsdp_config: dict[str, Any] = {"version": 2, "reshard_after_forward": True, "cpu_offload": cfg.fsdp_cpu_offload,
+                                   "state_dict_type": "FULL_STATE_DICT", "cpu_ram_efficient_loading": False,
+                                   "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}
+    if layer_class:
+        fsdp_config["transformer_layer_cls_to_wrap"] = [layer_class]
+    return {"fsdp": True, "fsdp_config": fsdp_config}
+
+
+def training_arguments(cfg: RunConfig, run: RunDir, evaluates: bool, processes: int = 1,
+                       layer_class: str | None = None) -> OneDeviceArguments:
     """The Trainer's arguments for `cfg` (optimizer already resolved); `evaluates`: the run
-    holds out rows to evaluate on."""
+    holds out rows to evaluate on; `processes`: how many train it together (launch.py);
+    `layer_class`: the decoder layer's class name (FSDP shards layer by layer)."""
     precision = resolve_precision(cfg)
     save = cfg.checkpoint_steps > 0
     lean = cfg.optimizer == "adamw_lean"
@@ -108,6 +124,10 @@ def training_arguments(cfg: RunConfig, run: RunDir, evaluates: bool) -> OneDevic
         include_num_input_tokens_seen="no",  # LeanTrainer counts real (non-padding) tokens itself
         label_names=["labels"],
         prediction_loss_only=True,
+        # every trainable weight gets a gradient in every step: DDP need not search the graph for
+        # unused ones (and the packed loss returns no logits to search from)
+        ddp_find_unused_parameters=False,
+        **sharding(cfg, processes, layer_class),
     )
 
 class _RunCallback(TrainerCallback):
@@ -124,6 +144,7 @@ class _RunCallback(TrainerCallback):
         self.paused_s: Callable[[], float] = lambda: 0.0
         self.last_paused = 0.0
         self.train_s = 0.0  # training seconds of this session so far
+        self.sync: Callable[[bool], bool] = lambda stop: stop  # LeanTrainer.sync_step, once it exists
         self.tokens_at_begin = 0
 
     def _elapsed(self) -> float:
@@ -133,7 +154,12 @@ class _RunCallback(TrainerCallback):
         self.last_t = time.perf_counter()  # model loading is not training time for tokens/s
         self.last_tokens = self.tokens_at_begin = state.num_input_tokens_seen or 0
         self.last_paused = self.paused_s()
-        self.run.write_status(status=Status.RUNNING, step=state.global_step, total_steps=state.max_steps)
+        # sharded: the weights this process holds are FSDP shards (torch DTensors), the proof that
+        # strategy fsdp is what runs and not DDP under its name
+        model = kwargs.get("model")
+        sharded = model is not None and any(type(p).__name__ == "DTensor" for p in model.parameters())
+        self.run.write_status(status=Status.RUNNING, step=state.global_step, total_steps=state.max_steps,
+                              sharded=sharded)
         self.job.event("started", f"training {state.max_steps} steps", state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -141,7 +167,10 @@ class _RunCallback(TrainerCallback):
         # step N then ends the run at step N + 1 at the latest.
         self.run.write_status(step=state.global_step, epoch=round(state.epoch or 0, 4),
                               elapsed_s=self._elapsed())
-        if self.job.stop_event.is_set():
+        # every process of the run agrees here, in one all-reduce, whether to stop (and adds up
+        # the tokens they trained); alone, the answer is just this process's
+        if self.sync(self.job.stop_requested()):
+            self.job.stopped_early = True
             control.should_training_stop = True
             control.should_save = False  # the final save below keeps what was trained
 
@@ -205,6 +234,16 @@ class TrainingJob:
         self.resume_from: Path | None = None
         self.forecast_mib: float | None = None  # the memory forecast made for this run (peak)
         self.callback: _RunCallback | None = None  # made with the trainer
+        # how many processes train this run together (launch.processes_for; set in prepare) and
+        # whether this one is global rank 0, the one that writes the run directory
+        self.processes = 1
+        self.nodes = 1  # machines the run spans (the command line's --nodes)
+        self.check_only = False  # prepare() checks settings and data but creates no run (other nodes)
+        self.main = distributed.is_main()
+        # the process that started this one (the studio, the command line): if it goes, the run
+        # stops after its step and keeps what it trained, instead of training on unwatched
+        self.supervisor = None
+        self.stopped_early = False  # the processes agreed to stop before the last step
 
     # --- prepare: everything that can fail on user input, before anything is written ------
     def prepare(self) -> RunDir:
@@ -217,6 +256,10 @@ class TrainingJob:
             raise UserError("optimizer adamw_lean cannot undo fp16 loss scaling (its step runs inside backward), "
                             "and precision auto is fp16 on this GPU (no bf16 tensor cores): use optimizer "
                             "adamw_8bit or auto, or precision fp32")
+        from .launch import processes_for
+        # in a launched process the launcher's count; before launch, this machine's times the nodes
+        self.processes = distributed.world_size() if distributed.world_size() > 1 else \
+            processes_for(cfg) * self.nodes
         data = load_examples(cfg.data, cfg.data_format)
         rows_in_file = len(data.examples)
         if cfg.max_rows:
@@ -230,8 +273,10 @@ class TrainingJob:
                             f"after holding out {n_val} for validation; lower val_fraction or add rows")
         # A run the disk cannot hold is refused now, not at a checkpoint hours in (disk.py); a
         # resumed run's own files count as room.
-        disk_note = check_disk(cfg, planned_steps(cfg, len(self.encoded.rows) - n_val),
+        disk_note = check_disk(cfg, planned_steps(cfg, len(self.encoded.rows) - n_val, self.processes),
                                self.run_dir.path if self.run_dir else None)
+        if self.check_only:
+            return None
         if self.run_dir is None:
             runs = Path(cfg.runs_dir)
             runs.mkdir(parents=True, exist_ok=True)
@@ -247,7 +292,7 @@ class TrainingJob:
             self.run_dir.write_status(
                 status=Status.QUEUED, name=cfg.run_name or self.run_dir.run_id, method=cfg.method,
                 model=cfg.model, step=0, total_steps=None, created_at=utc_now(),
-                started_at=None, ended_at=None, error=None, disk_forecast=disk_note)
+                started_at=None, ended_at=None, error=None, disk_forecast=disk_note, **self.scale())
             if len(data.examples) < rows_in_file:
                 self.event("data", f"training on the first {len(data.examples)} of {rows_in_file} rows "
                                    f"(max_rows={cfg.max_rows})")
@@ -287,17 +332,21 @@ class TrainingJob:
                 run.write_status(total_params=info.total_params, trainable_params=info.trainable_params,
                                  precision=info.precision, device=info.device)
                 trainer = self._trainer(model)
-                if self.stop_event.is_set():  # stopped while loading: don't start a step
+                self.stopped_early = distributed.any_across(self.stop_requested())
+                if self.stopped_early:  # stopped while loading: don't start a step
                     status = Status.STOPPED
                 else:
                     trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
                     if trainer.eval_dataset is not None:
                         trainer.evaluate()
-                    status = Status.STOPPED if self.stop_event.is_set() else Status.COMPLETED
-            self._save_result(model)
+                    status = Status.STOPPED if self.stopped_early else Status.COMPLETED
+            self._save_result(model, trainer)
+            peaks = distributed.gather_values(memory.snapshot()["mem_peak_mib"])  # every process takes part
             self.event(status.value, "what was trained so far is saved" if status == Status.STOPPED
                        else "result saved", _step(trainer))
-            run.write_status(status=status, ended_at=utc_now(), step=_step(trainer), **self._final_stats())
+            if self.main:
+                run.write_status(status=status, ended_at=utc_now(), step=_step(trainer), **self._final_stats(),
+                                 **({"mem_peak_per_process_mib": peaks} if len(peaks) > 1 else {}))
         except torch.OutOfMemoryError as e:
             self._fail(f"out of memory: {str(e).splitlines()[0]}. Lower batch_size (raise grad_accum to "
                        f"keep the effective batch), lower max_seq_len, turn on activation_checkpointing, "
@@ -306,6 +355,12 @@ class TrainingJob:
             self._fail(str(e), trainer)
         except Exception as e:  # a bug or an environment failure: keep the traceback in the log
             tb = hide_tokens(traceback.format_exc())
+            if distributed.world_size() > 1 and _peer_lost(e):
+                self._fail(f"another process of this run ended before it finished (killed, or crashed; the "
+                           f"out-of-memory killer ends a process this way), so this one could not go on: "
+                           f"{str(e).splitlines()[0][:200]}. Each process's output is in train.log in the run "
+                           f"folder; resume the run from its last checkpoint", trainer, tb=tb)
+                return Status.FAILED
             # the text, not exc_info: a log handler that keeps records (pytest's, a buffering one)
             # would keep the traceback's frames alive, and with them the model and its memory
             log.error("run %s failed:\n%s", run.run_id, tb)
@@ -330,8 +385,38 @@ class TrainingJob:
         """Ask the run to end after the current optimizer step; the result is still saved."""
         self.stop_event.set()
 
+    def stop_requested(self) -> bool:
+        """Asked to end after this step: by stop() (a signal, the studio in this process), by the
+        stop file in the run directory (the studio's worker, for a run in processes of its own),
+        or because the process that started this one is gone. Only rank 0 looks at the files;
+        the processes agree on its answer (LeanTrainer.sync_step)."""
+        if self.stop_event.is_set():
+            return True
+        if not self.main or self.run_dir is None:
+            return False
+        if (self.run_dir.path / STOP_FILE).exists():
+            return True
+        if self.supervisor is not None and not self.supervisor.is_running():
+            if not self.stop_event.is_set():
+                self.event("stopping", f"the process that started this run (pid {self.supervisor.pid}) is gone: "
+                                       f"the run stops after this step and keeps what it trained; resume it to "
+                                       f"go on")
+                self.stop_event.set()
+            return True
+        return False
+
+    def scale(self) -> dict[str, Any]:
+        """How the run is spread, for status.json and the studio: processes, strategy and the
+        effective batch (rows per optimizer step over all processes)."""
+        cfg = self.config
+        return {"processes": self.processes, "strategy": cfg.strategy if self.processes > 1 else None,
+                "effective_batch": cfg.batch_size * cfg.grad_accum * self.processes}
+
     def event(self, kind: str, message: str, step: int | None = None) -> None:
-        """A human-readable line for the studio's event log."""
+        """A human-readable line for the studio's event log (rank 0 writes it; the others
+        would only repeat it)."""
+        if not self.main:
+            return
         with open(self.run_dir.path / EVENTS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps({"time": utc_now(), "step": step, "event": kind, "message": message}) + "\n")
 
@@ -346,7 +431,8 @@ class TrainingJob:
         train_ds = Dataset.from_list(rows[n_val:])
         eval_ds = Dataset.from_list(rows[:n_val]) if n_val else None
         lean = cfg.optimizer == "adamw_lean"
-        args = training_arguments(cfg, run, evaluates=eval_ds is not None)
+        args = training_arguments(cfg, run, evaluates=eval_ds is not None, processes=self.processes,
+                                  layer_class=_decoder_layer_class(model))
         # Padding-free: one lane per batch with flash-attention's variable-length kernel, else
         # lanes no longer than the batch's longest row (packing.py says why).
         # A batch cut into passes (tokens_per_pass) keeps its lanes: a pass is whole lanes.
@@ -368,6 +454,7 @@ class TrainingJob:
         # weakly: the job outlives its trainer, and must not keep it (and the model) alive
         trainer_ref = weakref.ref(trainer)
         callback.paused_s = lambda: getattr(trainer_ref(), "paused_s", 0.0)
+        callback.sync = lambda stop: trainer_ref().sync_step(stop)
         trainer.remove_callback(PrinterCallback)  # our callback logs; don't print dicts to stdout
         return trainer
 
@@ -380,7 +467,8 @@ class TrainingJob:
         longest, heaviest = self._batch_extent()
         try:
             chosen = resolve_optimizer(self.config, model_shape(self.config.model), available=available_memory(),
-                                       seq_len=longest, tokens_per_batch=heaviest)
+                                       seq_len=longest, tokens_per_batch=heaviest,
+                                       processes=self.processes)
         except UserError as e:
             log.info("optimizer auto is adamw_torch for run %s: no forecast (%s)", self.run_dir.run_id, e)
             return "adamw_torch"
@@ -396,9 +484,16 @@ class TrainingJob:
         longest = lengths[0] if lengths else self.config.max_seq_len
         return longest, sum(lengths[:self.config.batch_size]) or None
 
-    def _save_result(self, model) -> None:
+    def _save_result(self, model, trainer=None) -> None:
         """adapter/ (peft format) for LoRA/QLoRA, model/ (safetensors) for full; with tokenizer.
-        Written to a temporary folder and renamed, so a half-saved result never looks final."""
+        Written to a temporary folder and renamed, so a half-saved result never looks final.
+        Under FSDP every process hands in its shard (the whole state dict is gathered on rank
+        0); only rank 0 writes."""
+        state_dict = None
+        if trainer is not None and getattr(trainer, "is_fsdp_enabled", False):
+            state_dict = trainer.accelerator.get_state_dict(trainer.model)  # collective: every process
+        if not self.main:
+            return
         name = MODEL_DIR if self.config.method == "full" else ADAPTER_DIR
         target = self.run_dir.path / name
         tmp, old = self.run_dir.path / f".{name}.tmp", self.run_dir.path / f".{name}.old"
@@ -408,7 +503,7 @@ class TrainingJob:
             # at the chat template's end of turn, as the studio's chat does
             from .inference import stop_token_ids
             model.generation_config.eos_token_id = stop_token_ids(self.tokenizer, model.generation_config)
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         self.tokenizer.save_pretrained(tmp)
         if target.exists():  # a resumed run replaces the result it saved when it was stopped
             shutil.rmtree(old, ignore_errors=True)
@@ -426,7 +521,7 @@ class TrainingJob:
         longest, heaviest = self._batch_extent()
         try:
             fc = forecast(self.config, model_shape(self.config.model), seq_len=longest,
-                          tokens_per_batch=heaviest)
+                          tokens_per_batch=heaviest, processes=self.processes)
         except UserError as e:
             log.info("no memory forecast for run %s: %s", self.run_dir.run_id, e)
             return {"forecast_mib": None, "forecast_error": str(e)}
@@ -462,9 +557,26 @@ class TrainingJob:
 
     def _fail(self, message: str, trainer, tb: str | None = None) -> None:
         message, tb = hide_tokens(message), hide_tokens(tb)
+        if not self.main:  # rank 0 writes the run; this one's failure goes to the log (train.log)
+            log.error("process %d of run %s failed: %s", distributed.rank(), self.run_dir.run_id, message)
         self.event("error", message, _step(trainer))
         self.run_dir.write_status(status=Status.FAILED, ended_at=utc_now(), error=message,
                                   step=_step(trainer), **({"traceback": tb} if tb else {}))
+
+
+def _peer_lost(error: BaseException) -> bool:
+    """The error a process of a run of several gets when another one died mid-collective."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(error).lower()
+    return isinstance(error, dist_error) or any(w in text for w in ("gloo", "nccl", "connection closed by peer",
+                                                                    "connection reset by peer"))
+
+
+def _decoder_layer_class(model) -> str | None:
+    """The class name of the model's decoder layers (LlamaDecoderLayer...), FSDP's unit."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(lm, "model", None), "layers", None)
+    return type(layers[0]).__name__ if layers is not None and len(layers) else None
 
 
 def _n_val(n_rows: int, fraction: float) -> int:
@@ -483,6 +595,50 @@ def train(config: RunConfig, on_job=None) -> tuple[RunDir, Status]:
         on_job(job)
     run_dir = job.prepare()
     return run_dir, job.run()
+
+
+def train_launched(run_path: str | Path | None, supervisor_pid: int | None = None, on_job=None) -> Status:
+    """What each process of a launched run runs (`python -m ft_engine train-run RUN_DIR`, see
+    launch.py): the run prepared at `run_path`, trained from its start or, when its status
+    names a checkpoint (`resume_from`), from there.
+
+    With several processes, rank 0 reads the run and hands the others its settings (one
+    broadcast), so a process on another machine needs only the data file at the same path; it
+    trains into a folder of the same name under its runs_dir and writes nothing there
+    (FollowerRunDir)."""
+    if distributed.world_size() > 1:
+        from accelerate import PartialState
+        PartialState(cpu=not torch.cuda.is_available())  # the process group, before the broadcast
+    shared = None
+    if distributed.is_main():
+        run = RunDir(Path(run_path))
+        status = run.read_status(reconcile=False)
+        shared = json.dumps({"name": run.path.name, "config": (run.path / CONFIG_FILE).read_text(encoding="utf-8"),
+                             "resume_from": status.get("resume_from")})
+    shared = json.loads(distributed.broadcast_text(shared))
+    import yaml
+    config = RunConfig.from_dict(yaml.safe_load(shared["config"]) or {})
+    if not distributed.is_main():
+        here = Path(run_path) if run_path and Path(run_path).name == shared["name"] else \
+            Path(config.runs_dir) / shared["name"]
+        here.mkdir(parents=True, exist_ok=True)
+        run = FollowerRunDir(here)
+    job = TrainingJob(config, run_dir=run)
+    if on_job:
+        on_job(job)
+    if shared["resume_from"]:
+        job.resume_from = run.path / CHECKPOINTS_DIR / shared["resume_from"]
+        if job.main:
+            kept = run.read_metrics()
+            job.elapsed_before = kept[-1]["elapsed_s"] if kept else 0.0
+    if supervisor_pid is not None:
+        import psutil
+        try:
+            job.supervisor = psutil.Process(supervisor_pid)
+        except psutil.NoSuchProcess:
+            job.stop()  # gone before this process started: keep nothing running unwatched
+    job.prepare()
+    return job.run()
 
 
 def resume_job(run_dir: str | Path | RunDir) -> TrainingJob:

@@ -8,11 +8,16 @@ order. A queued run that is stopped never starts and is marked `stopped`.
 Each run's status.json gets `queued_at` when it joins the queue (under the queue's lock, so
 `queued_at` order is queue order) next to the engine's `started_at` / `ended_at`: anyone can
 check from the files alone that runs started in the order they were queued and never overlapped.
+
+Each run trains in processes of its own (supervise.LaunchedRun; issue 12): the worker thread
+starts them and waits. `in_process=True` trains in this process instead, for tests that
+replace engine parts in it (and FT_TRAIN_IN_PROCESS=1 makes that the default, for debugging).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Callable
@@ -28,10 +33,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def trains_in_process() -> bool:
+    return os.environ.get("FT_TRAIN_IN_PROCESS", "").strip() == "1"
+
+
 class Worker:
-    def __init__(self) -> None:
+    def __init__(self, in_process: bool | None = None) -> None:
+        self.in_process = trains_in_process() if in_process is None else in_process
         self._queue: deque[TrainingJob] = deque()
         self._current: TrainingJob | None = None
+        self._runner = None  # what stop() reaches: the job itself, or its LaunchedRun
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._resuming: set[str] = set()  # run ids being prepared for resume, not yet queued
@@ -51,6 +62,10 @@ class Worker:
     def resume(self, run: RunDir) -> RunDir:
         """Queue an interrupted or stopped run to continue from its last checkpoint.
         Raises UserError when it is queued or running already, completed, or has no checkpoint."""
+        if run.read_status(reconcile=False).get("status") == Status.COMPLETED.value:
+            # said first: a run's processes write `completed` a moment before they exit and the
+            # worker lets go of the run
+            raise UserError(f"run {run.run_id} already completed; start a new run to train more")
         with self._cv:
             # two clicks on Resume must not queue the same run twice
             if self._owns(run.run_id) or run.run_id in self._resuming:
@@ -68,7 +83,10 @@ class Worker:
 
     def _enqueue(self, job: TrainingJob, **status) -> RunDir:
         with self._cv:
-            job.run_dir.write_status(status=Status.QUEUED, queued_at=utc_now(), **status)
+            # a resumed run's processes start from this checkpoint (training.train_launched)
+            resume_from = job.resume_from.name if job.resume_from is not None else None
+            job.run_dir.write_status(status=Status.QUEUED, queued_at=utc_now(), resume_from=resume_from,
+                                     **job.scale(), **status)
             self._queue.append(job)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="ft-worker", daemon=True)
@@ -81,7 +99,7 @@ class Worker:
         """Stop a running run after its current step, or take a queued one off the queue."""
         with self._cv:
             if self._current is not None and self._current.run_dir.run_id == run_id:
-                self._current.stop()
+                (self._runner or self._current).stop()
                 return "stopping after the current step"
             for job in self._queue:
                 if job.run_dir.run_id == run_id:
@@ -128,17 +146,22 @@ class Worker:
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: bool(self._queue))
-                self._current = self._queue.popleft()
-            job = self._current
+                self._current = job = self._queue.popleft()
+                if self.in_process:
+                    self._runner = job
+                else:
+                    from .supervise import LaunchedRun
+                    self._runner = LaunchedRun(job)
+            runner = self._runner
             try:
                 for hook in self.before_run:
                     hook(job.run_dir.run_id)
-                job.run()  # records its own failures in status.json; never raises for a bad run
+                runner.run()  # records its own failures in status.json; never raises for a bad run
             except Exception:  # a bug in the job itself: keep the worker alive for the others
                 log.exception("job %s crashed the worker loop", job.run_dir.run_id)
                 job.run_dir.write_status(status=Status.FAILED, ended_at=utc_now(),
                                          error="internal error; see the server log")
             finally:
                 with self._cv:
-                    self._current = None
+                    self._current = self._runner = None
                     self._cv.notify_all()

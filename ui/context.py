@@ -194,7 +194,8 @@ class Studio:
             if self._chat is None or self._chat[0] != key:
                 self._chat = None  # free the old model before loading the next
                 # refuses (UserError) to load onto the one GPU while a run trains on it
-                device = chat_device(training_run=self.worker.current_run_id)
+                training = self.worker.current_run_id
+                device = chat_device(training_run=training, run_gpus=self._run_gpus(training))
                 self._chat = (key, ChatModel(run, device=device))
             return self._chat[1]
 
@@ -205,8 +206,18 @@ class Studio:
         import sys
         inference = sys.modules.get("ft_engine.inference")
         with self._chat_lock:
-            if self._chat is not None and inference is not None and inference.shares_gpu_with_runs(self._chat[1].device):
+            if self._chat is not None and inference is not None and \
+                    inference.shares_gpu_with_runs(self._chat[1].device, self._run_gpus(run_id)):
                 self._chat = None  # the run gives the GPU's cache back before it measures (training.py)
+
+    def _run_gpus(self, run_id: str | None) -> int:
+        """How many GPUs (processes) the run trains on, from its status (1 if not said)."""
+        if not run_id:
+            return 1
+        try:
+            return int(self.run(run_id).read_status(reconcile=False).get("processes") or 1)
+        except (UserError, OSError, ValueError):
+            return 1
 
     def forget_chat(self, run_id: str) -> None:
         with self._chat_lock:

@@ -63,6 +63,8 @@ class MemoryView:
     peak_phase: dict[str, str] = field(default_factory=dict)        # method → Forecast.peak_phase
     not_at_peak_mib: dict[str, float] = field(default_factory=dict)  # method → the phase not at the peak
     disk: str = ""                               # the disk the chosen method's run needs (disk_markdown)
+    processes: int = 1                           # processes (GPUs) the run trains on (launch.processes_for)
+    effective_batch: int = 0                     # rows per optimizer step over all of them
 
     @property
     def verdict(self) -> str:
@@ -80,10 +82,12 @@ def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -
     stack.load()  # one thread at a time imports transformers (ft_engine/stack.py)
     from ft_engine.forecast import MIB, available_memory, forecast, model_shape, suggestions, verdict
     shape = model_shape(config.model)  # UserError for unknown or unsupported models
+    from ft_engine.launch import processes_for
     avail = available or available_memory()
     device = avail[0]
-    forecasts = {m: forecast(config.replace(method=m), shape, device, seq_len=seq_len, available=avail)
-                 for m in METHOD_ORDER}
+    processes = processes_for(config)  # UserError for more GPUs than there are
+    forecasts = {m: forecast(config.replace(method=m), shape, device, seq_len=seq_len, available=avail,
+                             processes=processes) for m in METHOD_ORDER}
     verdicts = {m: verdict(fc, avail) for m, fc in forecasts.items()}
     # On a GPU the two phases of a step are never alive together (forecast.PHASES): the bars
     # stack what is alive at the peak, so they add up to it.
@@ -91,7 +95,7 @@ def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -
     groups = {m: {g: sum(alive[m][k] for k in keys) / MIB for g, keys in GROUPS.items()} for m in forecasts}
     fixes = []
     if verdicts[config.method] in ("will not fit", "tight"):
-        for desc, new, fc in suggestions(config, shape, avail, seq_len=seq_len)[:MAX_FIXES]:
+        for desc, new, fc in suggestions(config, shape, avail, seq_len=seq_len, processes=processes)[:MAX_FIXES]:
             changes = {k: getattr(new, k) for k in FIX_FIELDS if getattr(new, k) != getattr(config, k)}
             fixes.append(Fix(desc, changes, fc.needed_bytes / MIB, verdict(fc, avail)))
     chosen = forecasts[config.method]
@@ -104,7 +108,8 @@ def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -
                       auto_precision=chosen.precision if config.precision == "auto" else None,
                       peak_phase={m: fc.peak_phase for m, fc in forecasts.items()},
                       not_at_peak_mib={m: fc.not_at_peak_bytes / MIB for m, fc in forecasts.items()},
-                      disk=disk_markdown(config, device))
+                      disk=disk_markdown(config, device), processes=processes,
+                      effective_batch=config.batch_size * config.grad_accum * processes)
 
 
 def disk_markdown(config: RunConfig, device: str | None = None) -> str:
@@ -164,6 +169,9 @@ def verdict_markdown(view: MemoryView, start_anyway: bool = True) -> str:
     need = view.needed_mib[view.method]
     name = METHOD_LABELS[view.method]
     where = "GPU memory" if view.device == "cuda" else "RAM"
+    if view.processes > 1:
+        where = (f"GPU memory on each of its {view.processes} GPUs" if view.device == "cuda"
+                 else f"RAM for its {view.processes} processes together")
     line = (f"{VERDICT_ICONS[view.verdict]} **{name}** needs about **{_gib(need)}** of {where} "
             f"(batches of up to {view.seq_len} tokens); ")
     if view.available_mib is None:
@@ -183,6 +191,9 @@ def verdict_markdown(view: MemoryView, start_anyway: bool = True) -> str:
                  + (", or tick *Start anyway*." if start_anyway else "."))
     elif view.verdict == "tight":
         line += "\n\nIt should fit, with little to spare; a fix below leaves more room."
+    if view.processes > 1:
+        line += (f"\n\n{view.processes} processes, one per GPU: each takes its own batch, so a step trains "
+                 f"**{view.effective_batch} rows** (batch × grad_accum × {view.processes}).")
     if view.disk:
         line += "\n\n" + view.disk
     return line
