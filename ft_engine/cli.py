@@ -192,8 +192,22 @@ def _launch_cli(cfg: RunConfig, launch) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .training import resume
-    return _run_job_cli(lambda job_holder: resume(args.run_dir, on_job=job_holder))
+    from .training import resume_job
+    job = resume_job(args.run_dir)
+    if job.processes == 1:
+        return _run_job_cli(lambda job_holder: (job_holder(job), (job.run_dir, job.run()))[1])
+    # a run of several processes goes on as it started: launched again, from its checkpoint
+    from .launch import Launch
+    from .supervise import LaunchedRun
+    job.run_dir.write_status(resume_from=job.resume_from.name, **job.scale())
+    launched = LaunchedRun(job, Launch(processes=job.processes))
+
+    def on_signal(signum, frame):
+        launched.stop()
+        print("stopping after the current step...", file=sys.stderr)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return _report(job.run_dir, launched.run())
 
 
 def _run_job_cli(start) -> int:

@@ -384,7 +384,7 @@ class ComparisonJob:
         self.cdir: ComparisonDir | None = None
         self.jobs: dict[str, Any] = {}  # method → TrainingJob
         self._stop = threading.Event()
-        self._current = None  # what stop() stops: the TrainingJob here, or a _ChildStop
+        self._current = None  # what stop() stops: the TrainingJob here, or its LaunchedRun
 
     def prepare(self) -> ComparisonDir:
         """Check settings and data, then create the comparison folder and its runs (queued).
@@ -446,51 +446,14 @@ class ComparisonJob:
             current.stop()
 
     def _train_in_child(self, job) -> None:
-        """Train `job`'s run in a fresh spawned process; its status.json says how it ended."""
-        import multiprocessing as mp
-        ctx = mp.get_context("spawn")  # fork would copy this process's memory, the thing to avoid
-        stop_event = ctx.Event()
-        self._current = _ChildStop(stop_event)
+        """Train `job`'s run in processes of its own (supervise.LaunchedRun, as the studio's
+        worker does); its status.json says how it ended."""
+        from .supervise import LaunchedRun
+        launched = LaunchedRun(job)
+        self._current = launched
         if self._stop.is_set():  # stopped while we were getting here
-            stop_event.set()
-        child = ctx.Process(target=_child_main, name=f"train-{job.run_dir.run_id}",
-                            args=(str(job.run_dir.path), stop_event,
-                                  logging.getLogger("ft_engine").getEffectiveLevel()))
-        child.start()
-        child.join()
-        status = job.run_dir.read_status()
-        if child.exitcode != 0 and not Status(status["status"]).finished:
-            # killed (the out-of-memory killer: exit code -9) before it could write its end
-            job.run_dir.write_status(status=Status.FAILED, ended_at=utc_now(),
-                                     error=f"the training process ended with exit code {child.exitcode} "
-                                           f"(-9 usually means the system ran out of memory: lower "
-                                           f"batch_size or max_seq_len)")
-
-
-@dataclass
-class _ChildStop:
-    """Stops a run training in a child process: the child watches this event."""
-
-    event: Any
-
-    def stop(self) -> None:
-        self.event.set()
-
-
-def _child_main(run_path: str, stop_event, log_level: int) -> None:
-    """Entry point of the spawned training process."""
-    import signal
-
-    from .training import TrainingJob
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ft_engine").setLevel(log_level)
-    run = RunDir(Path(run_path))
-    job = TrainingJob(run.read_config(), run_dir=run)
-    # Ctrl-C reaches the whole process group: stop cooperatively here too, keeping the result.
-    signal.signal(signal.SIGINT, lambda *_: job.stop())
-    signal.signal(signal.SIGTERM, lambda *_: job.stop())
-    threading.Thread(target=lambda: (stop_event.wait(), job.stop()), daemon=True).start()
-    job.run()
+            launched.stop()
+        launched.run()
 
 
 # --- running through the studio's worker ---------------------------------------------------------

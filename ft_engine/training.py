@@ -616,6 +616,8 @@ def train_launched(run_path: str | Path | None, supervisor_pid: int | None = Non
         shared = json.dumps({"name": run.path.name, "config": (run.path / CONFIG_FILE).read_text(encoding="utf-8"),
                              "resume_from": status.get("resume_from")})
     shared = json.loads(distributed.broadcast_text(shared))
+    if not distributed.is_main():  # one progress line per step in train.log, rank 0's
+        logging.getLogger("ft_engine").setLevel(logging.WARNING)
     import yaml
     config = RunConfig.from_dict(yaml.safe_load(shared["config"]) or {})
     if not distributed.is_main():

@@ -99,6 +99,10 @@ class Worker:
         """Stop a running run after its current step, or take a queued one off the queue."""
         with self._cv:
             if self._current is not None and self._current.run_dir.run_id == run_id:
+                ended = self._current.run_dir.read_status(reconcile=False).get("status")
+                if Status(ended).finished:
+                    # its processes wrote the end a moment before they exit and the worker lets go
+                    raise UserError(f"run {run_id} has ended ({ended}), so there is nothing to stop")
                 (self._runner or self._current).stop()
                 return "stopping after the current step"
             for job in self._queue:

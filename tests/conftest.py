@@ -12,6 +12,11 @@ import pytest
 # Hub look-ups must fail fast in tests instead of retrying for ~20 s without a network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Most tests are about what a run does, not where it runs: they train in the test's process
+# (worker.trains_in_process), saving each run the ~5 s a new process takes to import torch and
+# transformers. Where a run trains is tested where it matters, with real child processes:
+# tests/test_scale_out.py, tests/test_worker.py, the app-kill test and the browser test.
+os.environ.setdefault("FT_TRAIN_IN_PROCESS", "1")
 
 from tiny_model import make_tiny_model  # noqa: E402  (after the environment is set)
 

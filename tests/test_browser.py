@@ -51,8 +51,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    """`python app.py` in a subprocess, on a free port, with its own runs directory."""
-    yield from _serve(tmp_path_factory.mktemp("browser"))
+    """`python app.py` in a subprocess, on a free port, with its own runs directory; its runs
+    train in processes of their own, as for a user (not in the app's, as most tests have it)."""
+    yield from _serve(tmp_path_factory.mktemp("browser"), {"FT_TRAIN_IN_PROCESS": "0"})
 
 
 @pytest.fixture

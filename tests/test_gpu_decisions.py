@@ -202,3 +202,96 @@ def test_adamw_lean_is_refused_where_auto_precision_means_fp16(monkeypatch, tmp_
     with pytest.raises(UserError, match="precision auto is fp16 on this GPU.*adamw_8bit"):
         TrainingJob(cfg).prepare()
     assert not (tmp_path / "runs").exists()
+
+
+# --- runs of several GPUs (issue 12) --------------------------------------------------------------
+
+def test_chat_is_refused_while_a_run_trains_on_every_gpu(monkeypatch):
+    from ft_engine.errors import UserError
+    from ft_engine.inference import chat_device, shares_gpu_with_runs
+    simulate_gpus(monkeypatch, 4)
+    assert chat_device(training_run="r1", run_gpus=2) == 3  # GPUs 0 and 1 train, 3 is free
+    with pytest.raises(UserError, match="all 4 GPUs are training run r1"):
+        chat_device(training_run="r1", run_gpus=4)
+    assert shares_gpu_with_runs(1, run_gpus=2) and not shares_gpu_with_runs(3, run_gpus=2)
+    assert not shares_gpu_with_runs("cpu", run_gpus=4)
+
+
+def test_each_process_of_a_run_trains_on_its_own_gpu(monkeypatch):
+    """torchrun gives every process LOCAL_RANK: its model loads onto that GPU, and its memory
+    readings are read there."""
+    from ft_engine.memory import train_gpu
+    from ft_engine.models import placement
+    simulate_gpus(monkeypatch, 4)
+    assert placement(None) == {"device_map": {"": 0}} and train_gpu() == 0
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert placement(None) == {"device_map": {"": 2}} and train_gpu() == 2
+
+
+def test_devices_auto_takes_every_visible_gpu(monkeypatch, tmp_path):
+    from ft_engine.launch import processes_for
+    simulate_gpus(monkeypatch, 4)
+    assert processes_for(RunConfig()) == 4
+    assert processes_for(RunConfig(devices="1")) == 1
+    simulate_gpus(monkeypatch, 1)
+    assert processes_for(RunConfig()) == 1
+
+
+def test_fsdp_shards_layer_by_layer_and_ddp_has_no_fsdp_arguments():
+    from ft_engine.training import sharding
+    fsdp = sharding(RunConfig(strategy="fsdp", fsdp_cpu_offload=True), 2, "LlamaDecoderLayer")
+    assert fsdp["fsdp"] is True
+    assert fsdp["fsdp_config"]["version"] == 2 and fsdp["fsdp_config"]["reshard_after_forward"] is True
+    assert fsdp["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert fsdp["fsdp_config"]["cpu_offload"] is True
+    assert sharding(RunConfig(strategy="ddp"), 4, "LlamaDecoderLayer") == {}
+    assert sharding(RunConfig(strategy="fsdp"), 1, "LlamaDecoderLayer") == {}  # one process: nothing to shard
+
+
+def test_the_forecast_is_per_device_for_the_strategy():
+    from ft_engine.forecast import LLAMA_1B_SHAPE, forecast, model_shape
+    shape = model_shape(LLAMA_1B_SHAPE)
+    full = RunConfig(method="full", optimizer="adamw_torch", batch_size=4, max_seq_len=512)
+    alone = forecast(full, shape, "cuda")
+    ddp = forecast(full, shape, "cuda", processes=2)
+    fsdp2 = forecast(full.replace(strategy="fsdp"), shape, "cuda", processes=2)
+    fsdp4 = forecast(full.replace(strategy="fsdp"), shape, "cuda", processes=4)
+    # DDP: everything on every GPU, plus its gradient buckets (4 B per trainable parameter)
+    assert ddp.components["gradients"] == 2 * alone.components["gradients"]
+    assert ddp.details["strategy"] == "ddp" and ddp.total_bytes > alone.total_bytes
+    # FSDP: weights, gradients and optimizer state split over the GPUs
+    for key in ("weights_trainable", "gradients", "optimizer_state"):
+        assert fsdp4.components[key] * 4 >= alone.components[key] > fsdp4.components[key] * 3.99
+    assert fsdp4.total_bytes < fsdp2.total_bytes < alone.total_bytes
+    offload = forecast(full.replace(strategy="fsdp", fsdp_cpu_offload=True), shape, "cuda", processes=4)
+    assert offload.components["optimizer_state"] == 0 and offload.details["offloaded_to_cpu_bytes"] > 0
+    assert offload.total_bytes < fsdp4.total_bytes
+    # on a CPU the processes share one RAM: what must be free is all of them together
+    cpu2 = forecast(full, shape, "cpu", processes=2)
+    assert cpu2.needed_bytes == 2 * cpu2.total_bytes
+
+
+def test_optimizer_auto_never_picks_the_in_backward_optimizer_for_several_processes():
+    from ft_engine.forecast import LLAMA_1B_SHAPE, model_shape, resolve_optimizer
+    full = RunConfig(method="full", batch_size=4, max_seq_len=512)
+    tight = 8 * 2**30  # too little for fp32 AdamW on a 1B model
+    shape = model_shape(LLAMA_1B_SHAPE)
+    assert resolve_optimizer(full, shape, "cuda", available=tight) == "adamw_lean"
+    assert resolve_optimizer(full, shape, "cuda", available=tight, processes=2) == "adamw_8bit"
+
+
+def test_the_train_tab_offers_every_gpu_when_there_are_several(monkeypatch, tmp_path):
+    import ft_engine.hardware as hardware
+    from ui.context import Studio
+    from ui.form import config_from_form, gpus_markdown
+    from ui.studio import build_studio
+    readings = [hardware.GpuReading(i, "NVIDIA L4", 0.0, 23034.0, 0.0) for i in range(2)]
+    monkeypatch.setattr(hardware, "gpu_readings", lambda: readings)
+    demo = build_studio(Studio(tmp_path / "runs"))
+    labels = {c.get("props", {}).get("label") for c in demo.config["components"]}
+    assert "Use all 2 GPUs" in labels and "How the GPUs share the work" in labels
+    assert "2 GPUs found: GPU 0 · NVIDIA L4, GPU 1 · NVIDIA L4" in gpus_markdown(["NVIDIA L4"] * 2)
+    assert "CPU" in gpus_markdown([])
+    assert config_from_form({"use_all_gpus": True, "strategy": "fsdp"}, check_paths=False).devices == "auto"
+    unticked = config_from_form({"use_all_gpus": False, "strategy": "fsdp"}, check_paths=False)
+    assert unticked.devices == "1" and unticked.strategy == "fsdp"

@@ -185,7 +185,8 @@ def test_app_killed_mid_run_stops_the_run_and_resumes(tiny_model, tmp_path):
     it is gone at the end of the step, stop there and save what they trained, and a new app
     resumes the run from its checkpoint to the planned steps."""
     runs = tmp_path / "runs"
-    with running_app(runs, tmp_path / "first.log") as (url, proc, log):
+    child = {"FT_TRAIN_IN_PROCESS": "0"}  # as for a user: the run in processes of its own
+    with running_app(runs, tmp_path / "first.log", extra_env=child) as (url, proc, log):
         client = Client(url, verbose=False)
         data_path = client.predict(handle_file(str(SAMPLE)), None, tiny_model, 256, False, "auto",
                                    api_name="/validate_data")[3]
@@ -211,7 +212,7 @@ def test_app_killed_mid_run_stops_the_run_and_resumes(tiny_model, tmp_path):
     checkpoint = int(run.checkpoints[-1].name.split("-")[-1])
     assert before[-1]["step"] > checkpoint
 
-    with running_app(runs, tmp_path / "second.log") as (url, proc, log):
+    with running_app(runs, tmp_path / "second.log", extra_env=child) as (url, proc, log):
         client = Client(url, verbose=False)
         s = client.predict(run_id=run.run_id, api_name="/run_status")
         assert s["status"] == "stopped", s

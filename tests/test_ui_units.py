@@ -474,13 +474,15 @@ def test_run_finds_a_real_run(trained):
 
 def test_every_run_setting_has_a_widget_somewhere():
     """Every RunConfig field is set by a studio widget: the Advanced accordion, the Data tab
-    (data settings), the Train tab's top (model, method, run name), or by the server (runs_dir)."""
+    (data settings), the Train tab's top (model, method, run name, and with 2+ GPUs the GPU row),
+    or by the server (runs_dir)."""
     import dataclasses
 
     from ft_engine.config import RunConfig
     from ui.form import ADVANCED_FIELDS
     elsewhere = {"data", "data_format", "max_seq_len", "val_fraction", "train_on_prompt",  # Data tab
                  "model", "method", "run_name",  # top of the Train tab
+                 "devices", "strategy", "fsdp_cpu_offload",  # its GPU row ("use all N GPUs")
                  "runs_dir"}  # the server's FT_RUNS_DIR, never a user value
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     assert fields == set(ADVANCED_FIELDS) | elsewhere

@@ -1,5 +1,6 @@
 """The background worker: one run at a time, first in first out, stop works queued or running."""
 
+import os
 import time
 
 import pytest
@@ -17,7 +18,7 @@ def cfg(tiny_model, data, runs_dir, **kw):
 
 
 def test_runs_one_at_a_time_in_order(tiny_model, chat_file, runs_dir):
-    worker = Worker()
+    worker = Worker(in_process=True)  # the queue's order, wherever the runs train (the tests below: in their own)
     runs = [worker.submit(cfg(tiny_model, chat_file, runs_dir, max_steps=6 if i == 0 else 2)) for i in range(3)]
     positions = [worker.position(r.run_id) for r in runs]
     assert positions[1:] == [positions[0] + 1, positions[0] + 2] and positions[0] in (0, 1)
@@ -39,7 +40,7 @@ def test_runs_one_at_a_time_in_order(tiny_model, chat_file, runs_dir):
 
 
 def test_stop_running_and_queued(tiny_model, chat_file, runs_dir):
-    worker = Worker()
+    worker = Worker(in_process=False)
     first = worker.submit(cfg(tiny_model, chat_file, runs_dir, max_steps=100_000))
     second = worker.submit(cfg(tiny_model, chat_file, runs_dir))
     deadline = time.time() + 60
@@ -48,7 +49,11 @@ def test_stop_running_and_queued(tiny_model, chat_file, runs_dir):
     assert worker.stop(second.run_id) == "removed from the queue"
     assert worker.stop(first.run_id) == "stopping after the current step"
     assert worker.wait_idle(timeout=60)
-    assert first.read_status()["status"] == "stopped"
+    s1 = first.read_status()
+    assert s1["status"] == "stopped"
+    assert s1["pid"] != os.getpid()  # the run's own process wrote its status, not this one
+    assert (s1["processes"], s1["effective_batch"], s1["strategy"]) == (1, 2, None)
+    assert "train-run" in (first.path / "train.log").read_text()
     s2 = second.read_status()
     assert s2["status"] == "stopped" and s2["step"] == 0 and not (second.path / "adapter").exists()
     with pytest.raises(UserError, match="nothing to stop"):
@@ -58,14 +63,14 @@ def test_stop_running_and_queued(tiny_model, chat_file, runs_dir):
 def test_bad_submission_raises_and_queues_nothing(tiny_model, tmp_path, runs_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi"}\n')
-    worker = Worker()
+    worker = Worker(in_process=False)
     with pytest.raises(DataError, match="completion"):
         worker.submit(cfg(tiny_model, bad, runs_dir))
     assert worker.queued_run_ids == [] and worker.current_run_id is None
 
 
 def test_resume_a_stopped_run(tiny_model, chat_file, runs_dir):
-    worker = Worker()
+    worker = Worker(in_process=False)
     run = worker.submit(cfg(tiny_model, chat_file, runs_dir, max_steps=8, checkpoint_steps=2))
     deadline = time.time() + 60
     while run.read_status()["step"] < 3 and time.time() < deadline:

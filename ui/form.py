@@ -51,6 +51,21 @@ PRESETS: dict[str, dict[str, Any]] = {
                      checkpoint_steps=100, eval_steps=50),
 }
 
+STRATEGY_CHOICES = [("DDP: each GPU holds the whole model (fastest when it fits)", "ddp"),
+                    ("FSDP: the model is split over the GPUs (for models one GPU cannot hold)", "fsdp")]
+
+
+def gpus_markdown(names: list[str]) -> str:
+    """The line under the method saying what the run will train on."""
+    if not names:
+        return "<small>Trains on this machine's **CPU** (no NVIDIA GPU found).</small>"
+    listed = ", ".join(f"GPU {i} · {name}" for i, name in enumerate(names))
+    if len(names) == 1:
+        return f"<small>Trains on **{listed}**.</small>"
+    return (f"<small>{len(names)} GPUs found: {listed}. With *Use all*, one process trains on each "
+            f"(accelerate launch) and every step takes a batch on each GPU.</small>")
+
+
 METHOD_CARDS = {
     "lora": ("**LoRA** — the usual choice.\n\n"
              "*What changes:* small add-on matrices (a few MB) learn beside the frozen model.\n\n"
@@ -197,6 +212,8 @@ def config_from_form(values: dict[str, Any], *, check_paths: bool = True) -> Run
         v["lora_target_modules"] = [ALL_LINEAR] if (not targets or ALL_LINEAR in targets) else list(targets)
     if "model" in v:
         v["model"] = check_model_value(v["model"])
+    if "use_all_gpus" in v:  # the Train tab's checkbox, shown with 2+ GPUs: all of them, or the first
+        v["devices"] = "auto" if v.pop("use_all_gpus") else "1"
     config = RunConfig.from_dict(v)  # types checked here, so the caps below compare numbers
     steps_cap, rows_cap = max_steps_cap(), max_rows_cap()
     if steps_cap > 0:

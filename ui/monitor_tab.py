@@ -48,6 +48,9 @@ def run_report(studio: Studio, run_id: str) -> dict[str, Any]:
         "loss": last.get("loss"), "tokens_per_second": last.get("tokens_per_second"),
         "mem_peak_mib": status.get("mem_peak_mib") or last.get("mem_peak_mib"),
         "forecast_mib": status.get("forecast_mib"),
+        # how the run is spread (launch.py): processes, ddp / fsdp, rows per optimizer step
+        "processes": status.get("processes") or 1, "strategy": status.get("strategy"),
+        "effective_batch": status.get("effective_batch"),
         "events": events[-12:], "metrics_rows": len(metrics),
         # lines skipped as damaged (the rest of the run is still shown), and the sentence saying so
         "skipped_lines": {METRICS_FILE: metrics_lines.damaged + metrics_lines.cut_off_last,
@@ -71,6 +74,9 @@ def status_html(r: dict[str, Any]) -> str:
         + (f' · loss {r["loss"]:.4f}' if r["loss"] is not None else "")
         + (f' · {r["tokens_per_second"]:.0f} tokens/s (last step)' if r["tokens_per_second"] else "") + "</div>",
     ]
+    if (r.get("processes") or 1) > 1:
+        parts.append(f'<div class="ft-progress-text">{r["processes"]} processes ({html.escape(str(r["strategy"]))}) · '
+                     f'effective batch {r["effective_batch"]} rows per step</div>')
     if r["error"] and r["status"] in ("failed", "interrupted"):
         parts.append(f'<div class="ft-error">{html.escape(r["error"])}</div>')
     if r.get("notes"):

@@ -17,15 +17,15 @@ from .data_tab import DataWidgets
 from .forecast_view import (FIX_FIELDS, MAX_FIXES, Fix, forecast_figure, longest_row, memory_view,
                             no_forecast_markdown, verdict_markdown)
 from .form import (ADVANCED_FIELDS, LORA_TARGETS, METHOD_CARDS, PRESETS, START_TRAINING_PARAMETERS,
-                   config_from_form, preset_values, settings_from_json)
+                   STRATEGY_CHOICES, config_from_form, gpus_markdown, preset_values, settings_from_json)
 
 MODEL_CHOICES = ["bundled", "meta-llama/Llama-3.2-1B-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"]
 METHODS = [("LoRA (recommended)", "lora"), ("QLoRA (4-bit base)", "qlora"), ("Full fine-tuning", "full")]
 DEFAULT_PRESET = "Quick demo"
 
 
-# settings that change the memory forecast: editing one redraws it
-FORECAST_FIELDS = ("batch_size", "optimizer", "activation_checkpointing", "lora_r", "lora_target_modules",
+# settings that change the memory forecast: editing one redraws it (grad_accum: the effective batch it shows)
+FORECAST_FIELDS = ("batch_size", "grad_accum", "optimizer", "activation_checkpointing", "lora_r", "lora_target_modules",
                    "lora_dropout", "quant_type", "double_quant", "compute_dtype", "precision")
 
 
@@ -33,6 +33,12 @@ FORECAST_FIELDS = ("batch_size", "optimizer", "activation_checkpointing", "lora_
 class TrainWidgets:
     current_run: gr.Textbox  # id of the run started last here; the Monitor tab follows it
     update_forecast: Any     # (fn, inputs, outputs): the studio runs it once when the page loads
+
+
+def gpu_names() -> list[str]:
+    """The NVIDIA GPUs this machine shows, by name ([] on a CPU)."""
+    from ft_engine.hardware import gpu_readings
+    return [g.name for g in gpu_readings()]
 
 
 def model_dropdown() -> gr.Dropdown:
@@ -152,6 +158,13 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
                                   info="Letters, digits, spaces, - _ .")
     method = gr.Radio(METHODS, value=defaults.method, label="Method")
     cards = gr.HTML(_cards(defaults.method))
+    gpus = gpu_names()
+    gr.Markdown(gpus_markdown(gpus))
+    with gr.Row(visible=len(gpus) >= 2):
+        use_all_gpus = gr.Checkbox(True, label=f"Use all {len(gpus)} GPUs", info=FIELD_DOCS["devices"])
+        strategy = gr.Dropdown(STRATEGY_CHOICES, value=defaults.strategy, label="How the GPUs share the work",
+                               info=FIELD_DOCS["strategy"])
+        fsdp_cpu_offload = gr.Checkbox(False, label="FSDP: offload to CPU memory", info=FIELD_DOCS["fsdp_cpu_offload"])
     preset = gr.Radio(list(PRESETS), value=DEFAULT_PRESET, label="Preset",
                       info="Quick demo ≈ 2 minutes on a CPU; Balanced = one pass over the data; "
                            "Thorough = three passes, larger adapters")
@@ -194,9 +207,10 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
     preset.change(on_preset, [preset, method], preset_widgets, api_visibility="private")
 
     form_inputs = [data.data_path, model, method, run_name, data.max_seq_len, data.val_fraction,
-                   data.train_on_prompt, data.data_format] + [advanced[f] for f in ADVANCED_FIELDS]
+                   data.train_on_prompt, data.data_format, use_all_gpus, strategy, fsdp_cpu_offload] + \
+        [advanced[f] for f in ADVANCED_FIELDS]
     form_names = ["data", "model", "method", "run_name", "max_seq_len", "val_fraction", "train_on_prompt",
-                  "data_format"] + ADVANCED_FIELDS
+                  "data_format", "use_all_gpus", "strategy", "fsdp_cpu_offload"] + ADVANCED_FIELDS
 
     # --- memory forecast -----------------------------------------------------------------
     def update_forecast(*values):
@@ -214,7 +228,9 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
 
     forecast_outputs = [memory_plot, memory_verdict, *fix_buttons, fixes_state]
     forecast_triggers = [model.change, method.change, data.max_seq_len.change, data.data_path.change,
-                         data.data_format.change] + [advanced[f].change for f in FORECAST_FIELDS]
+                         data.data_format.change, use_all_gpus.change, strategy.change,
+                         fsdp_cpu_offload.change] + \
+        [advanced[f].change for f in FORECAST_FIELDS]
     gr.on(forecast_triggers, update_forecast, form_inputs, forecast_outputs, api_visibility="private",
           show_progress="hidden")
 
