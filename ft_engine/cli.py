@@ -177,7 +177,7 @@ def _launch_cli(cfg: RunConfig, launch) -> int:
             signal.signal(signal.SIGINT, lambda *_: child.terminate())
             signal.signal(signal.SIGTERM, lambda *_: child.terminate())
             return 0 if child.wait() == 0 else 1
-    launched = LaunchedRun(job, launch)
+    launched = LaunchedRun(job, launch, echo=True)
 
     def on_signal(signum, frame):
         launched.stop()
@@ -185,7 +185,7 @@ def _launch_cli(cfg: RunConfig, launch) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     print(f"{job.processes} processes ({cfg.strategy}), effective batch {job.scale()['effective_batch']}; "
-          f"their output: {run_dir.path / 'train.log'}", file=sys.stderr)
+          f"their output, also in {run_dir.path / 'train.log'}:", file=sys.stderr)
     run_dir.write_status(**job.scale())
     status = launched.run()
     return _report(run_dir, status)
@@ -200,7 +200,7 @@ def cmd_resume(args) -> int:
     from .launch import Launch
     from .supervise import LaunchedRun
     job.run_dir.write_status(resume_from=job.resume_from.name, **job.scale())
-    launched = LaunchedRun(job, Launch(processes=job.processes))
+    launched = LaunchedRun(job, Launch(processes=job.processes), echo=True)
 
     def on_signal(signum, frame):
         launched.stop()

@@ -449,7 +449,7 @@ class ComparisonJob:
         """Train `job`'s run in processes of its own (supervise.LaunchedRun, as the studio's
         worker does); its status.json says how it ended."""
         from .supervise import LaunchedRun
-        launched = LaunchedRun(job)
+        launched = LaunchedRun(job, echo=True)  # the command line: show each run's progress
         self._current = launched
         if self._stop.is_set():  # stopped while we were getting here
             launched.stop()

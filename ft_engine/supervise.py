@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -32,8 +33,9 @@ LOG_LINES_QUOTED = 3
 class LaunchedRun:
     """Runs a prepared TrainingJob's run in child processes; `run()` waits for them."""
 
-    def __init__(self, job, launch: Launch | None = None):
+    def __init__(self, job, launch: Launch | None = None, echo: bool = False):
         self.job = job
+        self.echo = echo  # also print the processes' output here (the command line), not only to train.log
         self.run_dir: RunDir = job.run_dir
         self.launch = launch or Launch(processes=job.processes)
         self.process: subprocess.Popen | None = None
@@ -62,14 +64,20 @@ class LaunchedRun:
         with self._lock:
             if not self._stopped:
                 (path / STOP_FILE).unlink(missing_ok=True)  # a stopped run resumed: that stop is over
-            with open(path / TRAIN_LOG, "ab") as out:
-                out.write(f"--- {utc_now()} {' '.join(cmd)}\n".encode())
-                out.flush()
-                # its own session: a Ctrl-C in the studio's terminal reaches the studio, which
-                # stops the run through the stop file, not the launcher, which would kill it
-                self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                env=env, start_new_session=True)
-        code = self.process.wait()
+            out = open(path / TRAIN_LOG, "ab")
+            out.write(f"--- {utc_now()} {' '.join(cmd)}\n".encode())
+            out.flush()
+            # its own session: a Ctrl-C in the studio's terminal reaches the studio, which
+            # stops the run through the stop file, not the launcher, which would kill it
+            self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE if self.echo else out,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                            start_new_session=True)
+        try:
+            if self.echo:
+                _tee(self.process.stdout, out, sys.stderr)
+            code = self.process.wait()
+        finally:
+            out.close()
         return self._reconcile(code)
 
     def _reconcile(self, code: int) -> Status:
@@ -88,6 +96,16 @@ class LaunchedRun:
         self.job.event("error", message, status.get("step"))
         self.run_dir.write_status(status=Status.FAILED, ended_at=utc_now(), error=message)
         return Status.FAILED
+
+
+def _tee(source, log, terminal) -> None:
+    """Copy the processes' output line by line to train.log and to the terminal, until they end."""
+    for line in iter(source.readline, b""):
+        log.write(line)
+        log.flush()
+        terminal.write(line.decode("utf-8", "replace"))
+        terminal.flush()
+    source.close()
 
 
 def _write_stop(path: Path) -> None:

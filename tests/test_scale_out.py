@@ -131,8 +131,9 @@ def test_bad_node_settings_are_refused_with_their_fix():
 # --- runs in processes of their own ---------------------------------------------------------------
 
 def test_two_process_ddp_gives_the_loss_curve_of_one_process_with_twice_the_batch(tiny_model, many_rows, runs_dir):
-    worker = Worker(in_process=False)
-    one = worker.submit(cfg(tiny_model, many_rows, runs_dir, batch_size=4, devices="1", val_fraction=0.1))
+    here, worker = Worker(in_process=True), Worker(in_process=False)  # one process: this one will do
+    one = here.submit(cfg(tiny_model, many_rows, runs_dir, batch_size=4, devices="1", val_fraction=0.1))
+    assert here.wait_idle(timeout=120)
     two = worker.submit(cfg(tiny_model, many_rows, runs_dir, batch_size=2, devices="2", val_fraction=0.1))
     assert worker.wait_idle(timeout=240)
     s1, s2 = one.read_status(), two.read_status()
@@ -188,7 +189,7 @@ def test_killing_a_training_process_fails_the_run_and_the_worker_carries_on(tiny
 
 def test_stop_ends_every_process_within_one_step_and_the_run_resumes_as_two(tiny_model, many_rows, runs_dir):
     worker = Worker(in_process=False)
-    run = worker.submit(cfg(tiny_model, many_rows, runs_dir, devices="2", max_steps=40, checkpoint_steps=2))
+    run = worker.submit(cfg(tiny_model, many_rows, runs_dir, devices="2", max_steps=24, checkpoint_steps=2))
     wait_for_step(run, 3)
     seen = run.read_status(reconcile=False)["step"]
     assert worker.stop(run.run_id) == "stopping after the current step"
@@ -206,9 +207,9 @@ def test_stop_ends_every_process_within_one_step_and_the_run_resumes_as_two(tiny
                           text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     s = run.read_status()
-    assert s["status"] == "completed" and s["step"] == 40 and s["processes"] == 2, s.get("error")
+    assert s["status"] == "completed" and s["step"] == 24 and s["processes"] == 2, s.get("error")
     steps = [r["step"] for r in run.read_metrics() if "loss" in r]
-    assert steps == list(range(1, 41))  # the steps after the checkpoint trained once, none missing
+    assert steps == list(range(1, 25))  # the steps after the checkpoint trained once, none missing
     assert any(e["event"] == "resumed" for e in run.events().rows)
 
 
@@ -234,3 +235,25 @@ def test_two_nodes_of_one_process_each_train_one_run(tiny_model, many_rows, runs
     assert s["status"] == "completed" and s["processes"] == 2 and s["effective_batch"] == 4
     assert len(losses(run)) == 3
     assert len(list(Path(runs_dir).iterdir())) == 1  # node 1 made no second run
+
+
+def test_processes_that_end_unfinished_fail_the_run_with_the_reason(tmp_path, monkeypatch):
+    """What the worker writes when a run's processes end without writing their own end (the
+    end of train.log quoted, the server's token never)."""
+    from types import SimpleNamespace
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz0123")
+
+    from ft_engine.supervise import TRAIN_LOG, LaunchedRun
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    events = []
+    job = SimpleNamespace(run_dir=run, processes=1, event=lambda kind, message, step=None: events.append(kind))
+    (run.path / TRAIN_LOG).write_text("step 1\nRuntimeError: boom hf_abcdefghijklmnopqrstuvwxyz0123\n")
+    for code, words in ((-9, "killed (signal 9: usually the system ran out of memory"), (3, "exit code 3")):
+        run.write_status(status="running", step=1)
+        assert LaunchedRun(job)._reconcile(code).value == "failed"
+        error = run.read_status()["error"]
+        assert words in error and "RuntimeError: boom" in error and "hf_abc" not in error, error
+    run.write_status(status="completed")  # the processes said how it ended: that stays
+    assert LaunchedRun(job)._reconcile(1).value == "completed"
+    assert events == ["error", "error"]

@@ -70,7 +70,8 @@ def test_bad_submission_raises_and_queues_nothing(tiny_model, tmp_path, runs_dir
 
 
 def test_resume_a_stopped_run(tiny_model, chat_file, runs_dir):
-    worker = Worker(in_process=False)
+    # in this process: resuming in processes of their own is the app-kill test's and test_scale_out's
+    worker = Worker(in_process=True)
     run = worker.submit(cfg(tiny_model, chat_file, runs_dir, max_steps=8, checkpoint_steps=2))
     deadline = time.time() + 60
     while run.read_status()["step"] < 3 and time.time() < deadline:
