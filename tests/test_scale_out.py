@@ -170,8 +170,11 @@ def test_two_process_fsdp_saves_a_model_that_loads_and_chats(tiny_model, many_ro
     assert isinstance(answer, str)
 
 
-def test_killing_a_training_process_fails_the_run_and_the_worker_carries_on(tiny_model, many_rows, runs_dir):
-    worker = Worker(in_process=False)
+def test_killing_a_training_process_fails_the_run_and_the_studio_carries_on(tiny_model, many_rows, runs_dir):
+    from ui.context import Studio
+    from ui.monitor_tab import run_report, status_html
+    studio = Studio(runs_dir, worker=Worker(in_process=False))
+    worker = studio.worker
     doomed = worker.submit(cfg(tiny_model, many_rows, runs_dir, devices="2", max_steps=100_000))
     after = worker.submit(cfg(tiny_model, many_rows, runs_dir, max_steps=2))
     wait_for_step(doomed, 1)
@@ -185,6 +188,9 @@ def test_killing_a_training_process_fails_the_run_and_the_worker_carries_on(tiny
     assert "another process of this run ended" in s["error"] or "training process" in s["error"], s["error"]
     assert rank_processes(doomed) == []  # the launcher ended the other process too
     assert after.read_status()["status"] == "completed"  # and the next run in the queue still ran
+    report = run_report(studio, doomed.run_id)  # the studio answers, and says what happened
+    assert report["status"] == "failed" and "train.log" in status_html(report)
+    assert report["processes"] == 2 and "2 processes (ddp)" in status_html(report)
 
 
 def test_stop_ends_every_process_within_one_step_and_the_run_resumes_as_two(tiny_model, many_rows, runs_dir):
