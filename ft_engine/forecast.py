@@ -812,7 +812,8 @@ def spread(comp: dict[str, int], config: RunConfig, shape: ModelShape, processes
       every trainable gradient that the all-reduce works in (gradient_as_bucket_view is off):
       4 B per trainable parameter, in `gradients`.
     fsdp: weights, gradients and optimizer state are cut into `processes` shards (QLoRA's
-      4-bit weights stay whole: accelerate leaves uint8-stored Params4bit out of the shards);
+      4-bit weights too on CUDA, stored in the compute dtype; on a CPU they stay uint8 and whole,
+      models.shards_4bit_weights);
       one decoder layer is gathered whole at a time, and the next one is prefetched, beside
       the root unit (embedding, final norm, head), gathered throughout: in the compute dtype,
       in `runtime_overhead`. Casting to the compute dtype
@@ -823,7 +824,8 @@ def spread(comp: dict[str, int], config: RunConfig, shape: ModelShape, processes
     if config.strategy != "fsdp":
         comp["gradients"] += 4 * trainable
         return {"strategy": "ddp", "ddp_bucket_bytes": 4 * trainable}
-    whole = ("weights_frozen", "quant_constants") if config.method == "qlora" else ()
+    # QLoRA's 4-bit weights are sharded on CUDA only (models.shards_4bit_weights)
+    whole = ("weights_frozen", "quant_constants") if config.method == "qlora" and device != "cuda" else ()
     for key in SHARDED:
         if key not in whole:
             comp[key] = math.ceil(comp[key] / processes)

@@ -321,18 +321,27 @@ def attention_implementation(dtype: torch.dtype) -> str:
 
 def bnb_config(config: RunConfig):
     from transformers import BitsAndBytesConfig
+    compute = resolve_compute_dtype(config)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=config.quant_type,
         bnb_4bit_use_double_quant=config.double_quant,
-        bnb_4bit_compute_dtype=resolve_compute_dtype(config),
+        bnb_4bit_compute_dtype=compute,
         # the embedding and the output head are not quantized; they stay in the compute dtype
-        # Storage stays uint8, also under FSDP, where the packed weights then stay whole on
-        # every process (accelerate shards floating-point tensors only). Stored as bf16 so FSDP
-        # shards them (peft's FSDP-QLoRA recipe), a 2-process run on this CPU trained the same
-        # losses but its held-out loss came out 5.8900 against 5.8515 in one process and in
-        # DDP (tests' tiny model, 4 steps, 2026-12-02): not used until that is understood.
+        **({"bnb_4bit_quant_storage": compute} if shards_4bit_weights(config) else {}),
     )
+
+
+def shards_4bit_weights(config: RunConfig) -> bool:
+    """Whether FSDP shards QLoRA's packed 4-bit weights: stored in the compute dtype's bytes
+    instead of uint8 (the same 4-bit codes), they are floating-point tensors FSDP can shard;
+    in uint8 accelerate leaves them whole on every process. peft's and bitsandbytes' recipe for
+    QLoRA with FSDP, on CUDA. Not on a CPU: there a 2-process run stored that way trained the
+    same losses but its held-out loss came out 5.8900 against 5.8515 in one process and under
+    DDP (the tests' tiny model, 4 steps, 2026-12-02), so a CPU run keeps uint8 and whole copies."""
+    from . import distributed
+    return (config.method == "qlora" and config.strategy == "fsdp" and distributed.world_size() > 1
+            and torch.cuda.is_available())
 
 
 def lora_config(config: RunConfig):

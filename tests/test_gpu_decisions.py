@@ -295,3 +295,23 @@ def test_the_train_tab_offers_every_gpu_when_there_are_several(monkeypatch, tmp_
     assert config_from_form({"use_all_gpus": True, "strategy": "fsdp"}, check_paths=False).devices == "auto"
     unticked = config_from_form({"use_all_gpus": False, "strategy": "fsdp"}, check_paths=False)
     assert unticked.devices == "1" and unticked.strategy == "fsdp"
+
+
+def test_fsdp_shards_qloras_4bit_weights_on_cuda_only(monkeypatch):
+    """On CUDA the packed 4-bit weights are stored in the compute dtype so FSDP shards them;
+    on a CPU (where that storage gave a wrong held-out loss) they stay uint8."""
+    from ft_engine.forecast import LLAMA_1B_SHAPE, forecast, model_shape
+    from ft_engine.models import bnb_config
+    qlora = RunConfig(method="qlora", strategy="fsdp", optimizer="adamw_torch", batch_size=4, max_seq_len=512)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert bnb_config(qlora).bnb_4bit_quant_storage == torch.uint8  # this CPU
+    simulate_gpus(monkeypatch, 2)
+    assert bnb_config(qlora).bnb_4bit_quant_storage == torch.bfloat16
+    assert bnb_config(qlora.replace(strategy="ddp")).bnb_4bit_quant_storage == torch.uint8
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert bnb_config(qlora).bnb_4bit_quant_storage == torch.uint8  # one process: nothing to shard
+    shape = model_shape(LLAMA_1B_SHAPE)
+    alone, four = forecast(qlora, shape, "cuda"), forecast(qlora, shape, "cuda", processes=4)
+    assert four.components["weights_frozen"] * 4 >= alone.components["weights_frozen"]
+    assert forecast(qlora, shape, "cpu", processes=4).components["weights_frozen"] == \
+        forecast(qlora, shape, "cpu").components["weights_frozen"]
