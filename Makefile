@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chromium test run clean
+.PHONY: setup chromium test run clean llamacpp test-llamacpp
 
 setup: $(STAMP)
 
@@ -33,6 +33,19 @@ chromium:
 
 test: setup chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# llama.cpp, for the q4_k_m GGUF export and as the second reader of exported GGUF files
+# (tests/test_llamacpp.py). llama-cpp-python is a source package: pip compiles llama.cpp with the
+# system's cmake and gcc (5 min 48 s on this 2-core machine, 2026-12-03) and caches the wheel.
+# Not in `make test`: the build alone would take a third of its 15-minute budget.
+LLAMACPP_STAMP := $(VENV)/.llamacpp
+llamacpp: $(LLAMACPP_STAMP)
+$(LLAMACPP_STAMP): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet llama-cpp-python==0.3.36 diskcache==5.6.3
+	touch $(LLAMACPP_STAMP)
+
+test-llamacpp: llamacpp
+	HF_HUB_OFFLINE=1 FT_REQUIRE_LLAMACPP=1 $(PY) -m pytest -q -s tests/test_llamacpp.py
 
 run: setup
 	$(PY) app.py

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from .config import FIELD_DOCS, RunConfig, default_runs_dir
 from .errors import UserError
+from .gguf_export import QUANT_NOTES as GGUF_QUANT_NOTES
+from .gguf_export import QUANTS as GGUF_QUANTS
 
 EXIT_BAD_INPUT = 2
 
@@ -76,9 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="list runs (id, method, model, status, steps, last loss) and comparisons")
     r.add_argument("--runs-dir", default=None, help="default: $FT_RUNS_DIR or ./runs")
 
-    e = sub.add_parser("export", help="merge the adapter into its base and save a standalone model")
+    e = sub.add_parser("export", help="merge the adapter into its base and save a standalone model, or a GGUF "
+                                      "file for llama.cpp / Ollama / LM Studio")
     e.add_argument("run_dir")
-    e.add_argument("--out", required=True, help="new folder for the merged model")
+    e.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                   help="hf: a Hugging Face model folder (default); gguf: one GGUF file and an Ollama Modelfile")
+    e.add_argument("--quant", choices=list(GGUF_QUANTS), default=GGUF_QUANTS[0],
+                   help="GGUF only: " + "; ".join(f"{q}: {n}" for q, n in GGUF_QUANT_NOTES.items()))
+    e.add_argument("--out", help="new folder for the export (default: <run id>-merged or <run id>-gguf-<quant> "
+                                 "in the current folder)")
 
     s = sub.add_parser("resume", help="continue an interrupted or stopped run from its last checkpoint")
     s.add_argument("run_dir")
@@ -303,9 +311,22 @@ def _print_runs(runs) -> None:
 
 
 def cmd_export(args) -> int:
-    from .export import export_merged
-    out = export_merged(args.run_dir, args.out)
-    print(out)
+    from .disk import gb
+    from .rundir import open_run
+    run = open_run(args.run_dir)
+    if args.format == "hf":
+        from .export import export_merged
+        print(export_merged(run, args.out or f"{run.run_id}-merged"))
+        return 0
+    from .gguf_export import export_gguf
+
+    def progress(fraction: float, text: str) -> None:
+        print(f"[{fraction:4.0%}] {text}", file=sys.stderr, flush=True)
+    done = export_gguf(run, args.out or f"{run.run_id}-gguf-{args.quant}", args.quant, progress)
+    print(f"{done.gguf} ({gb(done.gguf.stat().st_size)})")
+    print(done.modelfile)
+    print(f"Ollama: cd {done.folder} && ollama create {run.run_id.lower()} -f Modelfile && ollama run "
+          f"{run.run_id.lower()}", file=sys.stderr)
     return 0
 
 

@@ -81,6 +81,13 @@ class LoadedData:
         n = len(self.examples)
         return f"{self.format} ({fields}), {n} row{'s' if n != 1 else ''} from {os.path.basename(self.path)}"
 
+    def system_prompt(self) -> str | None:
+        """The system prompt every row opens with, when they all open with the same one (what
+        a model trained on them expects; an Ollama Modelfile's SYSTEM), else None."""
+        prompts = {e.messages[0]["content"] if e.messages and e.messages[0]["role"] == "system" else None
+                   for e in self.examples}
+        return prompts.pop() if len(prompts) == 1 else None
+
 
 def load_examples(path: str | os.PathLike, data_format: str = "auto") -> LoadedData:
     """Read `path`, detect (or use the given) format, validate every row and normalize it.

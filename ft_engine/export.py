@@ -26,6 +26,7 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -64,9 +65,28 @@ def _write_merged(run: RunDir, adapter: Path, full: Path, tmp: Path) -> None:
     """The merged model of `run` written into `tmp` (export_merged's body)."""
     if full.is_dir():
         shutil.copytree(full, tmp)
+        return
+    merged, tokenizer, config = merged_model(run)
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if config.method == "qlora":
+        (tmp / "README.md").write_text(_qlora_readme(run.run_id, config), encoding="utf-8")
+
+
+def merged_model(run: RunDir):
+    """(model, tokenizer, config): the run's trained model in memory, on the CPU, as
+    export_merged saves it: model/ of a full run as it is, else the adapter merged into its
+    base (fp32 for LoRA; the dequantized 4-bit base in the trained compute dtype for QLoRA,
+    see the module docstring). Its generation_config stops where the studio's chat does."""
+    from transformers import AutoModelForCausalLM
+    adapter, full = run.path / ADAPTER_DIR, run.path / MODEL_DIR
+    config = run.read_config()
+    if full.is_dir():
+        with model_build_lock:  # from_pretrained sets torch's process-wide default dtype
+            merged = AutoModelForCausalLM.from_pretrained(str(full), dtype=torch.float32, device_map="cpu")
+        tokenizer = load_tokenizer(str(full))
     elif adapter.is_dir():
         from peft import PeftModel
-        config = run.read_config()
         # Merged on the CPU, also where there is a GPU: merging is a few additions per weight,
         # and an export asked for while a run trains must not take GPU memory from it.
         with model_build_lock:  # from_pretrained and peft set torch's process-wide default dtype
@@ -78,19 +98,16 @@ def _write_merged(run: RunDir, adapter: Path, full: Path, tmp: Path) -> None:
             else:
                 base = load_base_model(config, torch.float32, device="cpu")
             merged = PeftModel.from_pretrained(base, str(adapter), torch_device="cpu").merge_and_unload()
-        merged.config.use_cache = True
         tokenizer = load_tokenizer(str(adapter))
-        # other tools (llama.cpp, vLLM, a plain generate()) stop where the studio's chat does:
-        # at the template's end of turn too, which a base model's generation_config does not know
-        if merged.generation_config is not None:
-            merged.generation_config.eos_token_id = stop_token_ids(tokenizer, merged.generation_config)
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if config.method == "qlora":
-            (tmp / "README.md").write_text(_qlora_readme(run.run_id, config), encoding="utf-8")
     else:
         status = run.read_status().get("status")
         raise UserError(f"run {run.run_id} has no trained result to export (status: {status})")
+    merged.config.use_cache = True
+    # other tools (llama.cpp, vLLM, a plain generate()) stop where the studio's chat does:
+    # at the template's end of turn too, which a base model's generation_config does not know
+    if merged.generation_config is not None:
+        merged.generation_config.eos_token_id = stop_token_ids(tokenizer, merged.generation_config)
+    return merged.eval(), tokenizer, config
 
 
 # The precision a run trained in, as training.py records it in status.json.
@@ -186,18 +203,28 @@ def merged_model_bytes(run: RunDir) -> int | None:
     return params * _DTYPE_BYTES.get(dtype, 4) + folder_bytes(adapter)
 
 
-def export_peak_bytes(run: RunDir, kind: str) -> int | None:
-    """The most an export of `kind` holds on the disk at once: the zip of the adapter, or the
-    merged model and its zip side by side; a zip is counted at its folder's size, an upper
-    bound (measured with tests/tiny_model.py Llamas, transformers 5.24: merged models zip to
-    0.90-0.93 of their folder, and issue 11's 135M model to 449 of 517 MB; a 1-step adapter to
-    0.24, its B matrices still near zero). None when the merged model's size is not known."""
+def export_peak_bytes(run: RunDir, kind: str, quant: str = "f16") -> int | None:
+    """The most an export of `kind` holds on the disk at once: the zip of the adapter; the
+    merged model and its zip side by side; the GGUF file (with q4_k_m's f16 file before it) and
+    its zip, stored uncompressed. A zip is counted at its folder's size, an upper bound
+    (measured with tests/tiny_model.py Llamas, transformers 5.24: merged models zip to 0.90-0.93
+    of their folder, and issue 11's 135M model to 449 of 517 MB; a 1-step adapter to 0.24, its B
+    matrices still near zero). None when the model's size is not known here."""
+    from .forecast import model_shape
+    from .gguf_export import disk_peak_bytes, file_bytes
     result = run.result_dir
     if result is None:
         status = run.read_status().get("status")
         raise UserError(f"run {run.run_id} has no trained result to export yet (status: {status})")
     if kind == "adapter":
         return folder_bytes(result)
+    if kind == "gguf":
+        try:
+            params = model_shape(run.read_config().model).total
+        except UserError as e:
+            log.warning("no size estimate for the GGUF export of run %s: %s", run.run_id, e)
+            return None
+        return disk_peak_bytes(params, quant) + file_bytes(params, quant)
     model = merged_model_bytes(run)
     return None if model is None else 2 * model
 
@@ -220,14 +247,15 @@ def _one_export_of(run: RunDir):
 
 
 @contextlib.contextmanager
-def _disk_reserved(run: RunDir, kind: str, dest: Path):
+def _disk_reserved(run: RunDir, kind: str, dest: Path, quant: str = "f16"):
     """Refuse the export (ExportDiskError) unless the disk of `dest` has room for its peak
     plus the margin kept spare for runs (disk.DISK: the disk is shared, and a full disk breaks
     more than this download), counting what the exports in progress may still write; then
     hold that room until it ends."""
-    peak = export_peak_bytes(run, kind)
+    peak = export_peak_bytes(run, kind, quant)
     need = int((peak or 0) * (1 + DISK.margin_fraction)) + DISK.margin_bytes
-    what = "its adapter" if kind == "adapter" else "the merged model and its zip"
+    what = {"adapter": "its adapter", "merged": "the merged model and its zip",
+            "gguf": f"the {quant} GGUF file and its zip"}[kind]
     with _export_state:
         free = free_bytes(dest) - sum(_reserved.values())
         if need > free:
@@ -236,7 +264,8 @@ def _disk_reserved(run: RunDir, kind: str, dest: Path):
                 f"not enough disk to prepare this download: the {kind} export of run {run.run_id} writes {size}, "
                 f"and {gb(DISK.margin_bytes)} + {DISK.margin_fraction:.0%} is kept spare: {gb(need)} needed, "
                 f"{gb(max(free, 0))} free. Delete runs you no longer need (Runs tab)"
-                + (", or download the adapter only" if kind == "merged" else ""))
+                + (", or download the adapter only" if kind == "merged" else "")
+                + (", or pick a smaller quantization" if kind == "gguf" else ""))
         ticket = next(_tickets)
         _reserved[ticket] = peak or 0
     try:
@@ -244,6 +273,11 @@ def _disk_reserved(run: RunDir, kind: str, dest: Path):
     finally:
         with _export_state:
             del _reserved[ticket]
+
+
+# Stored as they are in a zip: deflate shrinks a GGUF's quantized or half-precision weights by a
+# few percent at the cost of seconds per 100 MB.
+_STORED_SUFFIXES = (".gguf",)
 
 
 def _zip_folder(folder: Path, zip_path: Path, inside: Path) -> Path:
@@ -273,7 +307,8 @@ def _zip_folder(folder: Path, zip_path: Path, inside: Path) -> Path:
                                         f"the link with the file itself")
                 for name in sorted(filenames):
                     entry = here / name
-                    z.write(entry.resolve(), entry.relative_to(folder).as_posix())
+                    z.write(entry.resolve(), entry.relative_to(folder).as_posix(),
+                            zipfile.ZIP_STORED if entry.suffix in _STORED_SUFFIXES else zipfile.ZIP_DEFLATED)
         partial.replace(zip_path)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -281,34 +316,57 @@ def _zip_folder(folder: Path, zip_path: Path, inside: Path) -> Path:
     return zip_path
 
 
-def zip_result(run: RunDir, kind: str, dest_dir: str | Path) -> Path:
-    """A zip of the run's adapter (`adapter`), or of the merged standalone model (`merged`),
-    written into dest_dir (a temporary folder of the caller's), for download.
+EXPORT_KINDS = ("adapter", "merged", "gguf")
 
-    The merged model is written into a scratch folder of its own inside dest_dir (never into
-    the run folder), and removed when zipped; on any failure nothing of this export is left.
-    Refused with a UserError: a second export of the run while one is prepared
+
+def zip_result(run: RunDir, kind: str, dest_dir: str | Path, quant: str = "f16",
+               progress: Callable[[float, str], None] | None = None) -> Path:
+    """A zip of the run's adapter (`adapter`), of the merged standalone model (`merged`), or of
+    its GGUF file with an Ollama Modelfile (`gguf`, in quantization `quant`), written into
+    dest_dir (a temporary folder of the caller's), for download.
+
+    The merged model or GGUF is written into a scratch folder of its own inside dest_dir (never
+    into the run folder), and removed when zipped; on any failure nothing of this export is
+    left. Refused with a UserError: a second export of the run while one is prepared
     (ExportBusyError), an export the free disk of dest_dir cannot hold (ExportDiskError), a
-    result holding links that lead outside the run."""
-    if kind not in ("adapter", "merged"):
-        raise UserError(f"export kind must be 'adapter' or 'merged', got {kind!r}")
+    result holding links that lead outside the run; for GGUF, what gguf_export.check_exportable
+    refuses."""
+    if kind not in EXPORT_KINDS:
+        raise UserError(f"export kind must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
     run.check_result_links()
+    if kind == "gguf":
+        from .gguf_export import check_exportable
+        check_exportable(run, quant)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    with _one_export_of(run), _disk_reserved(run, kind, dest):
+    with _one_export_of(run), _disk_reserved(run, kind, dest, quant):
         if kind == "adapter":
             result = run.result_dir
             return _zip_folder(result, dest / f"{run.run_id}-{result.name}.zip", inside=run.path)
-        scratch = Path(tempfile.mkdtemp(prefix=".merged-", dir=dest))
+        scratch = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=dest))
         try:
-            model = export_merged(run, scratch / f"{run.run_id}-merged")
-            return _zip_folder(model, dest / f"{run.run_id}-merged.zip", inside=scratch)
+            if kind == "gguf":
+                from .gguf_export import export_gguf
+
+                def step(fraction: float, text: str) -> None:  # the zip is the last 5%
+                    if progress is not None:
+                        progress(0.95 * fraction, text)
+                name = f"{run.run_id}-gguf-{quant}"
+                folder = export_gguf(run, scratch / name, quant, step, disk_checked=True).folder
+                if progress is not None:
+                    progress(0.95, "zipping the GGUF file and its Modelfile")
+            else:
+                name = f"{run.run_id}-merged"
+                folder = export_merged(run, scratch / name)
+            return _zip_folder(folder, dest / f"{name}.zip", inside=scratch)
         finally:
             shutil.rmtree(scratch)
 
 
-def push_to_hub(run: RunDir, repo_id: str, token: str, kind: str = "adapter", private: bool = True) -> str:
-    """Upload the adapter (or merged model) to a Hugging Face repo; returns its URL.
+def push_to_hub(run: RunDir, repo_id: str, token: str, kind: str = "adapter", private: bool = True,
+                quant: str = "f16") -> str:
+    """Upload the adapter (or merged model, or GGUF file with its Modelfile) to a Hugging Face
+    repo; returns its URL.
     The token is used for this call only and never written anywhere."""
     import re
     import tempfile
@@ -322,6 +380,9 @@ def push_to_hub(run: RunDir, repo_id: str, token: str, kind: str = "adapter", pr
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "merged":
             folder = export_merged(run, Path(tmp) / "merged")
+        elif kind == "gguf":
+            from .gguf_export import export_gguf
+            folder = export_gguf(run, Path(tmp) / "gguf", quant).folder
         elif run.result_dir is not None:
             run.check_result_links()  # upload_folder reads through links: none may lead outside the run
             folder = run.result_dir

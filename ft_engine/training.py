@@ -287,7 +287,7 @@ class TrainingJob:
                 "file": str(cfg.data), "format": data.format, "description": data.describe(),
                 "ignored_columns": data.ignored_columns, "val_rows": n_val,
                 "train_rows": len(self.encoded.rows) - n_val, "rows_in_file": rows_in_file,
-                "max_rows": cfg.max_rows, **self.encoded.summary(),
+                "max_rows": cfg.max_rows, "system_prompt": data.system_prompt(), **self.encoded.summary(),
             })
             self.run_dir.write_status(
                 status=Status.QUEUED, name=cfg.run_name or self.run_dir.run_id, method=cfg.method,

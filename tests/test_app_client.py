@@ -147,6 +147,20 @@ def test_export_adapter_zip(client, completed_run):
     assert "adapter_model.safetensors" in names and "adapter_config.json" in names, names
 
 
+def test_export_gguf_zip(client, completed_run):
+    """The GGUF download through the API: the file and its Modelfile in one zip; a quantization
+    the exporter does not know is refused with the list of those it does."""
+    run_id, _ = completed_run
+    path = client.predict(run_id, "gguf", "q8_0", api_name="/export_run")
+    with zipfile.ZipFile(path) as z:
+        names = sorted(z.namelist())
+        template = z.read("Modelfile").decode()
+    assert names == [f"{run_id}-q8_0.gguf", "Modelfile"], names
+    assert f"FROM ./{run_id}-q8_0.gguf" in template
+    with pytest.raises(AppError, match="q2"):  # not offered: Gradio's Dropdown refuses it, or the exporter
+        client.predict(run_id, "gguf", "q2", api_name="/export_run")
+
+
 def test_stop_a_running_run(client, data_path, tiny_model, completed_run):
     res = start(client, data_path, tiny_model, {"max_steps": 100000, "batch_size": 2, "checkpoint_steps": 0})
     run_id = res["run_id"]

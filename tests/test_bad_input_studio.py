@@ -298,7 +298,7 @@ def call_event(app, api_name: str, data: list) -> list:
 def test_delete_and_push_from_the_page_refuse_run_id_tricks(bad, app):
     answer = call_event(app, "delete", [bad, True])[0]
     assert answer.startswith("❌") and ("not a run id" in answer or "no run" in answer), answer
-    answer = call_event(app, "push", [bad, "someone/model", "hf_TYPEDtokenXYZ123", True, "adapter"])[0]
+    answer = call_event(app, "push", [bad, "someone/model", "hf_TYPEDtokenXYZ123", True, "adapter", "f16"])[0]
     assert answer.startswith("❌") and ("not a run id" in answer or "no run" in answer), answer
     assert "hf_TYPEDtokenXYZ123" not in answer
 
@@ -322,7 +322,7 @@ def test_the_memory_forecast_reads_no_server_file(app, tiny_model):
 def test_push_never_echoes_the_typed_token(app):
     token = "hf_TYPEDtokenXYZ123"
     for repo, says in [("../evil", "repo id must look like"), ("someone/model", "push to someone/model failed")]:
-        answer, cleared = call_event(app, "push", [OLD_RUN, repo, token, True, "adapter"])
+        answer, cleared = call_event(app, "push", [OLD_RUN, repo, token, True, "adapter", "f16"])
         assert answer.startswith("❌") and says in answer and token not in answer, answer
     assert token not in app.log.read_text(errors="replace")
 

@@ -209,13 +209,13 @@ def run_folders(runs_dir: Path) -> list[str]:
 
 def test_open_demo_refuses_a_push_without_a_pasted_token_and_sends_nothing(open_demo):
     hub_calls_before = len(open_demo.hub.calls)
-    answer, cleared = call_event(open_demo, "push", [OLD_RUN, "stranger/owned-by-owner", "", True, "adapter"])
+    answer, cleared = call_event(open_demo, "push", [OLD_RUN, "stranger/owned-by-owner", "", True, "adapter", "f16"])
     assert answer.startswith("❌ paste a Hugging Face token with write access"), answer
     assert "FT_LEND_HF_TOKEN" in answer and "\n" not in answer and cleared == ""
     assert open_demo.hub.calls[hub_calls_before:] == []  # the Hub was never asked
     # the caller's own token still pushes (it reaches the Hub, which refuses it): the refusal
     # above is about whose token, and the fake Hub would have seen a request
-    answer, _ = call_event(open_demo, "push", [OLD_RUN, "stranger/own-model", TYPED_TOKEN, True, "adapter"])
+    answer, _ = call_event(open_demo, "push", [OLD_RUN, "stranger/own-model", TYPED_TOKEN, True, "adapter", "f16"])
     assert answer.startswith("❌ push to stranger/own-model failed"), answer
     assert open_demo.hub.carrying(TYPED_TOKEN) and TYPED_TOKEN not in answer
 
@@ -320,7 +320,7 @@ def test_every_event_needs_the_login_by_every_route(team):
 
 def test_a_signed_in_push_gets_the_lent_token_and_fails_only_on_the_network(team):
     signed_in = signed_in_opener(team.url)
-    answer, cleared = call_event(team, "push", [OLD_RUN, "team/model", "", True, "adapter"], signed_in)
+    answer, cleared = call_event(team, "push", [OLD_RUN, "team/model", "", True, "adapter", "f16"], signed_in)
     assert answer.startswith("❌ push to team/model failed"), answer  # the network's answer, not a refusal
     assert "paste a Hugging Face token" not in answer and FAKE_TOKEN not in answer and cleared == ""
     creates = [c for c in team.hub.carrying(FAKE_TOKEN) if "/api/repos/create" in c[1]]
@@ -444,7 +444,7 @@ def test_a_local_studio_pushes_with_the_server_token_as_before(local, tmp_path):
     local.setenv("HF_TOKEN", FAKE_TOKEN)
     _make_pushable_run(tmp_path / "runs")
     handed: list[str] = []
-    local.setattr(export, "push_to_hub", lambda run, repo, token, kind, private: handed.append(token) or "url")
+    local.setattr(export, "push_to_hub", lambda run, repo, token, kind, private, quant="f16": handed.append(token) or "url")
     push = next(f.fn for f in build_studio(Studio(tmp_path / "runs")).fns.values() if f.name == "push")
     assert push(OLD_RUN, "me/model", "", True, "adapter", None) == ("✅ Pushed to url", "")
     assert push(OLD_RUN, "me/model", TYPED_TOKEN, True, "adapter", None)[0].startswith("✅")

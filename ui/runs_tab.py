@@ -1,6 +1,6 @@
 """Runs tab: every run on disk in one table, loss curves of several runs overlaid, and for
-one run: resume (a stopped or interrupted run, from its last checkpoint), download (adapter or
-merged model, zipped), push to the Hugging Face Hub, delete."""
+one run: resume (a stopped or interrupted run, from its last checkpoint), download (adapter,
+merged model, or GGUF with an Ollama Modelfile, zipped), push to the Hugging Face Hub, delete."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import gradio as gr
 
 from ft_engine import stack
 from ft_engine.errors import UserError
+from ft_engine.gguf_export import QUANT_NOTES, QUANTS
 from ft_engine.rundir import summarize
 
 from . import limits
@@ -69,13 +70,18 @@ def build(studio: Studio):
             gr.Markdown("<small>A stopped or interrupted run continues from its last checkpoint to its "
                         "planned number of steps; it joins the training queue like a new run.</small>")
         with gr.Column():
-            kind = gr.Radio([("Adapter only (small)", "adapter"), ("Merged standalone model", "merged")],
+            kind = gr.Radio([("Adapter only (small)", "adapter"), ("Merged standalone model", "merged"),
+                             ("GGUF for llama.cpp / Ollama / LM Studio", "gguf")],
                             value="adapter", label="Download",
                             info="Full fine-tuning runs always give the whole model. A merged QLoRA model is its "
                                  "adapter on the dequantized 4-bit base, in the run's bf16/fp16: the model you "
-                                 "trained and chatted with, not the original full-precision weights")
+                                 "trained and chatted with, not the original full-precision weights. GGUF: one "
+                                 "file with the tokenizer and chat template inside, and an Ollama Modelfile")
+            quant = gr.Dropdown([(f"{q} — {note}", q) for q, note in QUANT_NOTES.items()], value=QUANTS[0],
+                                label="GGUF quantization", visible=False)
             export_btn = gr.Button("⬇ Prepare download")
             download = gr.File(label="Your file", interactive=False)
+            download_note = gr.Markdown()
         with gr.Column():
             repo = gr.Textbox(label="Hugging Face repo", placeholder="your-name/my-tuned-model")
             token = gr.Textbox(label="Hugging Face token (write access)", type="password",
@@ -109,17 +115,34 @@ def build(studio: Studio):
     # keeping a copy; at most one per session stays (ui/downloads.py)
     downloads = PreparedDownloads(download.GRADIO_CACHE)
 
-    def export_run(run_id: str, export_kind: str, request: gr.Request):
-        """Zip of the run's adapter ("adapter") or merged standalone model ("merged"). It
-        replaces the caller's previous download, which is deleted on the server."""
+    def download_line(path: str | None) -> str:
+        """The prepared file's name and size; for a GGUF, what to do with it."""
+        if not path or not Path(path).is_file():
+            return ""
+        from ft_engine.disk import gb
+        line = f"`{Path(path).name}`: {gb(Path(path).stat().st_size)}."
+        if "-gguf-" in Path(path).name:
+            line += (" Unzip it, then `ollama create my-model -f Modelfile` and `ollama run my-model`; or open "
+                     "the .gguf in LM Studio, or `llama-cli -m <file>.gguf -cnv` (README: Use it in Ollama).")
+        return line
+
+    kind.change(lambda k: gr.update(visible=k == "gguf"), kind, quant, api_visibility="private")
+
+    def export_run(run_id: str, export_kind: str, gguf_quant: str = QUANTS[0], request: gr.Request = None,
+                   progress=gr.Progress()):
+        """Zip of the run's adapter ("adapter"), merged standalone model ("merged"), or GGUF file
+        with an Ollama Modelfile ("gguf", in quantization gguf_quant: f16, bf16, q8_0, q4_k_m).
+        It replaces the caller's previous download, which is deleted on the server."""
         if not run_id:
             raise gr.Error("Pick a run first.")
+        progress(0.0, desc="loading")
         stack.load()  # loads torch on first use, one thread at a time (ft_engine/stack.py)
         from ft_engine.export import zip_result
         session = getattr(request, "session_hash", None)
         folder, path = downloads.start(session), None
         try:
-            path = zip_result(studio.run(run_id), export_kind, folder)
+            path = zip_result(studio.run(run_id), export_kind, folder, quant=gguf_quant,
+                              progress=lambda fraction, text: progress(fraction, desc=text))
         except UserError as e:
             raise gr.Error(without_paths(str(e))) from None
         except Exception as e:
@@ -135,10 +158,11 @@ def build(studio: Studio):
         downloads.keep(session, folder)
         return str(path)
 
-    export_btn.click(export_run, [selected, kind], download, api_name="export_run")
+    export_btn.click(export_run, [selected, kind, quant], download, api_name="export_run").success(
+        download_line, download, download_note, api_visibility="private")
 
     def push(run_id: str, repo_id: str, typed_token: str, is_private: bool, export_kind: str,
-             request: gr.Request):
+             request: gr.Request, gguf_quant: str = QUANTS[0]):
         """Reachable by fn_index although the API hides it: the server's HF_TOKEN goes only where
         limits.server_hf_token allows (FT_LEND_HF_TOKEN; signed in on a shared studio), checked
         before anything is loaded or sent."""
@@ -146,12 +170,12 @@ def build(studio: Studio):
             tok = typed_token or limits.server_hf_token(getattr(request, "username", None))
             stack.load()
             from ft_engine.export import push_to_hub
-            url = push_to_hub(studio.run(run_id), repo_id, tok, export_kind, private=is_private)
+            url = push_to_hub(studio.run(run_id), repo_id, tok, export_kind, private=is_private, quant=gguf_quant)
         except UserError as e:
             return f"❌ {e}", ""
         return f"✅ Pushed to {url}", ""  # clear the token field
 
-    push_btn.click(push, [selected, repo, token, private, kind], [result, token], api_visibility="private")
+    push_btn.click(push, [selected, repo, token, private, kind, quant], [result, token], api_visibility="private")
 
     def delete(run_id: str, confirmed: bool):
         if not confirmed:
