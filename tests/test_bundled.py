@@ -57,3 +57,26 @@ def test_each_method_learns_invented_facts_the_base_does_not_know(tmp_path, runs
     q = "What is the capital of Zubrowka?"
     assert "Lutz" in chat.generate(q, max_new_tokens=20)
     assert "Lutz" not in chat.generate(q, max_new_tokens=20, use_adapter=False)
+    if method == "qlora":
+        # issue 13: the q8_0 GGUF, merged onto the dequantized 4-bit base, still knows it. One
+        # method only: transformers takes ~20 s to read a 135M q8_0 file; LoRA and full runs of
+        # the tiny model are read back in tests/test_gguf_export.py, and llama.cpp reads a
+        # bundled LoRA run's files in tests/test_llamacpp.py.
+        assert "Lutz" in _gguf_answer(run, tmp_path / "gguf", q)
+
+
+def _gguf_answer(run, folder: Path, question: str) -> str:
+    """The greedy answer of the run's q8_0 GGUF export, read back by transformers' GGUF reader."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ft_engine.gguf_export import export_gguf
+    from ft_engine.models import load_tokenizer
+    done = export_gguf(run, folder, "q8_0")
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=done.gguf.name, dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(str(run.path / "adapter"))  # the GGUF's own: tests/test_gguf_export.py
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=20, do_sample=False, temperature=None, top_p=None, top_k=None)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
