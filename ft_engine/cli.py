@@ -1,4 +1,4 @@
-"""`python -m ft_engine train | chat | runs | export | resume | plan | compare`.
+"""`python -m ft_engine train | chat | runs | export | eval | resume | plan | compare`.
 
 Bad input of any kind ends with one message on stderr and exit code 2, never a traceback.
 `train` exits 0 only when the run completed.
@@ -87,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="GGUF only: " + "; ".join(f"{q}: {n}" for q, n in GGUF_QUANT_NOTES.items()))
     e.add_argument("--out", help="new folder for the export (default: <run id>-merged or <run id>-gguf-<quant> "
                                  "in the current folder)")
+
+    v = sub.add_parser("eval", help="the tuned model and its base answer held-out questions (and general ones), "
+                                    "scored side by side; saved as eval.json in the run")
+    v.add_argument("run_dir")
+    v.add_argument("--questions", help="a file of questions with expected answers, in any training-data format "
+                                       "(default: the run's held-out rows, else its training rows)")
+    v.add_argument("--max-questions", type=int, default=None,
+                   help="ask at most this many of the run's own rows (default 30; a --questions file is asked whole)")
+    v.add_argument("--no-general", action="store_true", help="skip the general questions (the forgetting check)")
+    v.add_argument("--json", action="store_true", help="print eval.json instead of the table")
 
     s = sub.add_parser("resume", help="continue an interrupted or stopped run from its last checkpoint")
     s.add_argument("run_dir")
@@ -263,6 +273,31 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+    import threading
+
+    from .evaluate import MAX_QUESTIONS, evaluate, format_table, questions_from_file
+    from .rundir import open_run
+    run = open_run(args.run_dir)
+    limit = MAX_QUESTIONS if args.max_questions is None else args.max_questions
+    if isinstance(limit, bool) or limit < 1:
+        raise UserError(f"--max-questions must be a whole number >= 1, got {args.max_questions}")
+    questions = questions_from_file(args.questions) if args.questions else None
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: (stop.set(), print(
+        "stopping after the questions being answered…", file=sys.stderr)))
+    try:
+        result = evaluate(run, questions, source=f"file {Path(args.questions).name}" if args.questions else None,
+                          forgetting=not args.no_general, stop=stop, max_questions=limit,
+                          progress=lambda done, total, text: print(f"[{done}/{total}] {text}", file=sys.stderr,
+                                                                   flush=True))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(json.dumps(result, indent=1, ensure_ascii=False) if args.json else format_table(result))
+    return 0
+
+
 def cmd_runs(args) -> int:
     from .compare import list_comparisons
     from .rundir import list_runs
@@ -393,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("train", "train-run", "resume", "compare"):
         logging.getLogger("ft_engine").setLevel(logging.INFO)  # one progress line per logging step
     handlers = {"train": cmd_train, "train-run": cmd_train_run, "chat": cmd_chat, "runs": cmd_runs, "export": cmd_export,
-                "resume": cmd_resume, "plan": cmd_plan, "compare": cmd_compare}
+                "eval": cmd_eval, "resume": cmd_resume, "plan": cmd_plan, "compare": cmd_compare}
     try:
         return handlers[args.command](args)
     except UserError as e:

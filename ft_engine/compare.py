@@ -216,8 +216,13 @@ COLUMNS = [
     ("final_loss", "final train loss"),
     ("eval_loss", "eval loss"),
     ("perplexity", "perplexity"),
+    ("accuracy", "held-out correct"),
+    ("base_accuracy", "base model correct"),
     ("saved_mib", "saved (MiB)"),
 ]
+# Held-out questions each method's model (and its base) answers after a comparison
+# (evaluate.py): fewer than a single run's evaluation, since three are asked in a row.
+COMPARE_QUESTIONS = 20
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -262,7 +267,7 @@ def run_row(run: RunDir, method: str) -> dict[str, Any]:
 
 
 def collect_rows(runs_dir: str | os.PathLike, runs: dict[str, str],
-                 samples: dict[str, str | None]) -> list[dict[str, Any]]:
+                 samples: dict[str, str | None], scores: dict[str, dict] | None = None) -> list[dict[str, Any]]:
     rows = []
     for method, run_id in runs.items():
         try:
@@ -271,6 +276,9 @@ def collect_rows(runs_dir: str | os.PathLike, runs: dict[str, str],
             row = {"method": method, "run_id": run_id, "status": "deleted",
                    "error": f"run {run_id} was deleted"}
         row["sample"] = samples.get(method)
+        totals = (scores or {}).get(method)
+        for key, who in (("accuracy", "questions_tuned"), ("base_accuracy", "questions_base")):
+            row[key] = f"{totals[who]['correct']}/{totals[who]['n']}" if totals and totals[who]["n"] else None
         rows.append(row)
     return rows
 
@@ -299,7 +307,9 @@ def format_table(rows: list[dict[str, Any]], prompt: str | None = None) -> str:
     lines.append("")
     lines.append("; ".join(notes[d] for d in sorted(devices)) + "; " if devices else "")
     lines[-1] += ("train time = the training loop; wall time = also loading the model and saving the "
-                  "result; perplexity = exp(eval loss) on the held-out rows.")
+                  "result; perplexity = exp(eval loss) on the held-out rows; held-out correct = held-out questions "
+                  "answered with more than half of the expected answer's key words (evaluate.py), by the "
+                  "tuned model and by its base.")
     errors = [f"- **{r['method']}**: {r['error']}" for r in rows if r.get("error")]
     if errors:
         lines += ["", "Errors:", *errors]
@@ -515,27 +525,40 @@ def _watch(cdir: ComparisonDir, runs: dict[str, RunDir], prompt: str, max_new_to
 
 # --- finishing: sample answers, rows, table ------------------------------------------------------
 
-def sample_answer(run: RunDir, prompt: str, max_new_tokens: int) -> str | None:
-    """The run's greedy answer to `prompt`; None when it has no trained result."""
+def answers(run: RunDir, prompt: str, max_new_tokens: int, questions: int = 0) -> tuple[str | None, dict | None]:
+    """(the run's greedy answer to `prompt`, the totals of its evaluation on up to `questions`
+    held-out rows, tuned vs base: evaluate.py, saved as the run's eval.json), from one loaded
+    model; (None, None) when it has no trained result, no totals when questions is 0."""
     if run.result_dir is None:
-        return None
+        return None, None
     stack.load()
+    from .evaluate import evaluate
     from .inference import ChatModel
-    return ChatModel(run).generate(prompt, max_new_tokens=max_new_tokens, temperature=0.0)
+    chat = ChatModel(run)
+    sample = chat.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.0)
+    if not questions:
+        return sample, None
+    try:
+        return sample, evaluate(run, forgetting=False, chat=chat, max_questions=questions)["totals"]
+    except UserError as e:  # e.g. text data: rows without answers to score; the row says "–"
+        log.info("comparison run %s: no held-out scores (%s)", run.run_id, e)
+        return sample, None
 
 
 def _finish(cdir: ComparisonDir, prompt: str, max_new_tokens: int, stopped: bool) -> Status:
     info = cdir.read(reconcile=False)
     runs_dir = cdir.runs_dir
     samples: dict[str, str | None] = {}
+    scores: dict[str, dict | None] = {}
     if not stopped:  # a stop means "end now", not "load three more models"
-        cdir.write(current="sample answers")
         for method, run_id in info["runs"].items():
+            cdir.write(current=f"answers of the {method} model (sample, held-out questions)")
             try:
-                samples[method] = sample_answer(run_by_id(runs_dir, run_id), prompt, max_new_tokens)
+                samples[method], scores[method] = answers(run_by_id(runs_dir, run_id), prompt, max_new_tokens,
+                                                          COMPARE_QUESTIONS)
             except UserError as e:  # deleted meanwhile, or its result cannot be loaded: say so in the row
                 samples[method] = f"(no answer: {e})"
-    rows = collect_rows(runs_dir, info["runs"], samples)
+    rows = collect_rows(runs_dir, info["runs"], samples, scores)
     if all(r["status"] == Status.COMPLETED.value for r in rows):
         status = Status.COMPLETED
     elif stopped or any(r["status"] == Status.STOPPED.value for r in rows):

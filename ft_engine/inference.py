@@ -315,6 +315,24 @@ class ChatModel:
         text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         return with_cut_note(text, limits.max_time_s) if stop.timed_out else text
 
+    def answer_all(self, conversations: list[list[dict]], *, use_adapter: bool = True,
+                   max_new_tokens: int = 64) -> list[str]:
+        """Greedy replies to several conversations at once (the evaluation's questions): one
+        left-padded batch, so each reply is generated on its own row exactly as generate()
+        would, up to float rounding of the batched matmuls."""
+        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                 for c in conversations]
+        # the template writes any BOS itself: the tokenizer must not add a second one
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                                add_special_tokens=False)
+        kwargs = self._gen_kwargs(max_new_tokens, 0.0, 1.0)
+        with self._turns.turn():
+            model, ctx = self._model_for(use_adapter)
+            with ctx, torch.inference_mode():
+                out = model.generate(**inputs.to(model.device), **kwargs)
+        width = inputs["input_ids"].shape[1]
+        return [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
     def stream(self, prompt: str | list[dict], *, use_adapter: bool = True, max_new_tokens: int = 128,
                temperature: float = 0.0, top_p: float = 1.0, system_prompt: str | None = None,
                limits: ChatLimits | None = None) -> Iterator[str]:

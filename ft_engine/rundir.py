@@ -37,6 +37,7 @@ DATA_FILE = "data.json"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
+EVAL_FILE = "eval.json"  # the latest evaluation, tuned vs base (evaluate.py)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -417,7 +418,19 @@ def summarize(run: RunDir) -> dict[str, Any]:
         # lines of metrics.jsonl that were skipped as damaged, and the sentence saying so ("" if none)
         "skipped_lines": {METRICS_FILE: lines.damaged + lines.cut_off_last},
         "notes": lines.note(METRICS_FILE),
+        "eval": _eval_headline(run),
     }
+
+
+def _eval_headline(run: RunDir) -> str | None:
+    """The saved evaluation's one line ("tuned 27/30 · base 2/30; …"), None if there is none
+    (or it is damaged: the evaluation can be run again)."""
+    try:
+        data = json.loads((run.path / EVAL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    line = data.get("headline") if isinstance(data, dict) else None
+    return line if isinstance(line, str) else None
 
 
 def delete_run(runs_dir: str | os.PathLike, run_id: str) -> None:

@@ -287,7 +287,8 @@ class TrainingJob:
                 "file": str(cfg.data), "format": data.format, "description": data.describe(),
                 "ignored_columns": data.ignored_columns, "val_rows": n_val,
                 "train_rows": len(self.encoded.rows) - n_val, "rows_in_file": rows_in_file,
-                "max_rows": cfg.max_rows, "system_prompt": data.system_prompt(), **self.encoded.summary(),
+                "max_rows": cfg.max_rows, "system_prompt": data.system_prompt(),
+                **recorded_split(self.encoded, cfg), **self.encoded.summary(),
             })
             self.run_dir.write_status(
                 status=Status.QUEUED, name=cfg.run_name or self.run_dir.run_id, method=cfg.method,
@@ -426,10 +427,10 @@ class TrainingJob:
 
         cfg, run = self.config, self.run_dir
         rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in self.encoded.rows]
-        random.Random(cfg.seed).shuffle(rows)  # the held-out rows are a seeded random sample
+        order = split_order(len(rows), cfg.seed)
         n_val = _n_val(len(rows), cfg.val_fraction)
-        train_ds = Dataset.from_list(rows[n_val:])
-        eval_ds = Dataset.from_list(rows[:n_val]) if n_val else None
+        train_ds = Dataset.from_list([rows[i] for i in order[n_val:]])
+        eval_ds = Dataset.from_list([rows[i] for i in order[:n_val]]) if n_val else None
         lean = cfg.optimizer == "adamw_lean"
         args = training_arguments(cfg, run, evaluates=eval_ds is not None, processes=self.processes,
                                   layer_class=_decoder_layer_class(model))
@@ -577,6 +578,30 @@ def _decoder_layer_class(model) -> str | None:
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = getattr(getattr(lm, "model", None), "layers", None)
     return type(layers[0]).__name__ if layers is not None and len(layers) else None
+
+
+def split_order(n_rows: int, seed: int) -> list[int]:
+    """The encoded rows' order for the split: the first _n_val are held out, a seeded random
+    sample (the same permutation random.shuffle gives any list of n_rows with this seed)."""
+    order = list(range(n_rows))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+# data.json keeps this many file rows of each side of the split (the held-out rows first): the
+# evaluation asks at most evaluate.MAX_QUESTIONS of them, and a 100k-row file would otherwise
+# write 100k numbers.
+RECORDED_SPLIT_ROWS = 200
+
+
+def recorded_split(encoded: EncodedData, cfg: RunConfig) -> dict:
+    """The file rows held out (`held_out_rows`) and some trained on (`train_rows_in_file`), in
+    the split's random order, for evaluate.py."""
+    order = split_order(len(encoded.rows), cfg.seed)
+    n_val = _n_val(len(order), cfg.val_fraction)
+    rows = [encoded.rows[i].row for i in order]
+    return {"held_out_rows": rows[:n_val][:RECORDED_SPLIT_ROWS],
+            "train_rows_in_file": rows[n_val:][:RECORDED_SPLIT_ROWS]}
 
 
 def _n_val(n_rows: int, fraction: float) -> int:

@@ -161,6 +161,24 @@ def test_export_gguf_zip(client, completed_run):
         client.predict(run_id, "gguf", "q2", api_name="/export_run")
 
 
+def test_evaluate_run_through_the_api(client, completed_run, tmp_path):
+    """evaluate_run answers through gradio_client: the headline and the table (tuned vs base),
+    on the run's own rows or on an uploaded questions file; a bad file is named by row."""
+    run_id, _ = completed_run
+    line, table = client.predict(run_id, None, api_name="/evaluate_run")
+    assert line.startswith("**tuned ") and "training rows" in line, line  # the run held none out
+    assert len(table["data"]) == 12 + 20 and table["headers"][1] == "question"
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"messages": [{"role": "user", "content": "What is 2 + 2?"},
+                                                  {"role": "assistant", "content": "4"}]}) + "\n")
+    line, table = client.predict(run_id, handle_file(str(questions)), api_name="/evaluate_run")
+    assert "q.jsonl" in line and len(table["data"]) == 1 + 20
+    questions.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    with pytest.raises(AppError, match="line 1"):
+        client.predict(run_id, handle_file(str(questions)), api_name="/evaluate_run")
+    assert client.predict(run_id, api_name="/stop_evaluation") == "No evaluation of this run is going on."
+
+
 def test_stop_a_running_run(client, data_path, tiny_model, completed_run):
     res = start(client, data_path, tiny_model, {"max_steps": 100000, "batch_size": 2, "checkpoint_steps": 0})
     run_id = res["run_id"]

@@ -39,12 +39,13 @@ def test_two_steps_of_each_method(method, chat_file, runs_dir):
         assert 0 < s["trainable_params"] < 0.1 * s["total_params"]
 
 
-@pytest.mark.parametrize("method, lr", [("lora", 1e-3), ("qlora", 1e-3), ("full", 1e-4)])
+@pytest.mark.parametrize("method, lr", [("qlora", 1e-3), ("full", 1e-4)])
 def test_each_method_learns_invented_facts_the_base_does_not_know(tmp_path, runs_dir, method, lr):
     """The done-when check of the engine, for every method: a short run on invented facts
     changes the answers, and the base (adapter disabled, or the original weights for a full
     run) still does not know them. Padding-free batches, the chunked loss and bf16 make a
-    step faster; this says they do not change what it learns."""
+    step faster; this says they do not change what it learns. LoRA's case is the Quick-demo
+    test below (the Zubrowka sample, asked held-out questions, base beside it)."""
     from ft_engine.inference import ChatModel
     facts = (ROOT / "assets" / "tiny_facts.jsonl").read_text().splitlines()[:4]
     data = tmp_path / "facts.jsonl"
@@ -57,26 +58,27 @@ def test_each_method_learns_invented_facts_the_base_does_not_know(tmp_path, runs
     q = "What is the capital of Zubrowka?"
     assert "Lutz" in chat.generate(q, max_new_tokens=20)
     assert "Lutz" not in chat.generate(q, max_new_tokens=20, use_adapter=False)
-    if method == "qlora":
-        # issue 13: the q8_0 GGUF, merged onto the dequantized 4-bit base, still knows it. One
-        # method only: transformers takes ~20 s to read a 135M q8_0 file; LoRA and full runs of
-        # the tiny model are read back in tests/test_gguf_export.py, and llama.cpp reads a
-        # bundled LoRA run's files in tests/test_llamacpp.py.
-        assert "Lutz" in _gguf_answer(run, tmp_path / "gguf", q)
 
 
-def _gguf_answer(run, folder: Path, question: str) -> str:
-    """The greedy answer of the run's q8_0 GGUF export, read back by transformers' GGUF reader."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from ft_engine.gguf_export import export_gguf
-    from ft_engine.models import load_tokenizer
-    done = export_gguf(run, folder, "q8_0")
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=done.gguf.name, dtype=torch.float32).eval()
-    tokenizer = load_tokenizer(str(run.path / "adapter"))  # the GGUF's own: tests/test_gguf_export.py
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=20, do_sample=False, temperature=None, top_p=None, top_k=None)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+def test_quick_demo_tuned_beats_base_on_held_out_questions(runs_dir):
+    """Issue 14's done-when: a Quick-demo LoRA run (the studio's preset) on the Zubrowka sample,
+    10% held out; asked held-out questions (paraphrases of the facts it trained on), the tuned
+    model is right far more often than its base. 8 questions (one batch), no general ones (those
+    are tested on the tiny model in tests/test_evaluate.py): the suite's time is counted. This
+    is also LoRA's invented-facts check (above)."""
+    from ft_engine.evaluate import evaluate
+    from ft_engine.inference import ChatModel
+    cfg = RunConfig(model="bundled", data=str(ROOT / "assets" / "zubrowka_facts.jsonl"), method="lora",
+                    runs_dir=str(runs_dir), max_steps=30, batch_size=4, max_seq_len=256, learning_rate=1e-3,
+                    warmup_ratio=0.0, scheduler="constant", lora_r=16, lora_alpha=32, checkpoint_steps=0,
+                    eval_steps=0, val_fraction=0.1)
+    run, status = train(cfg)
+    assert status == Status.COMPLETED
+    result = evaluate(run, forgetting=False, max_questions=8)
+    t = result["totals"]
+    assert result["source"].startswith("held-out rows") and t["questions_tuned"]["n"] == 8
+    tuned, base = t["questions_tuned"]["correct"], t["questions_base"]["correct"]
+    print(result["headline"])
+    assert tuned >= 5 and tuned >= base + 4, result["headline"]  # measured: tuned 6/8 · base 0/8
+    capital = ChatModel(run).generate("What is the capital of Zubrowka?", max_new_tokens=20)
+    assert "Lutz" in capital, capital

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -23,8 +24,9 @@ from .train_tab import queue_message
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["name", "method", "model", "status", "steps", "train loss", "eval loss", "peak memory (GiB)",
-           "duration", "tokens/s", "notes", "run id"]
+COLUMNS = ["name", "method", "model", "status", "steps", "train loss", "eval loss", "did it learn?",
+           "peak memory (GiB)", "duration", "tokens/s", "notes", "run id"]
+EVAL_COLUMNS = ["", "question", "expected", "base model", "tuned model", "F1 base → tuned"]
 
 
 def table_rows(studio: Studio) -> list[list]:
@@ -38,12 +40,27 @@ def table_rows(studio: Studio) -> list[list]:
             f"{s['step']}/{s['total_steps'] or '?'}",
             round(s["train_loss"], 4) if s["train_loss"] is not None else None,
             round(s["eval_loss"], 4) if s["eval_loss"] is not None else None,
+            s["eval"] or "",
             round(s["peak_mib"] / 1024, 2) if s["peak_mib"] else None,
             f"{int(dur) // 60}m {int(dur) % 60:02d}s" if dur else "",
             round(s["tokens_per_second"]) if s["tokens_per_second"] else None,
             s["notes"],  # e.g. damaged lines skipped in metrics.jsonl: the numbers beside it leave them out
             s["run_id"],
         ])
+    return rows
+
+
+def eval_rows(result: dict) -> list[list]:
+    """The evaluation table: the run's questions, then the general ones (marked 🌍)."""
+    def mark(score: dict) -> str:
+        return "✅" if score["correct"] else "❌"
+    rows = []
+    for part, tag in (("questions", ""), ("general", "🌍 ")):
+        for r in result.get(part) or []:
+            rows.append([tag + ("⚠ forgotten" if r["base_score"]["correct"] and not r["tuned_score"]["correct"] else ""),
+                         r["question"], r["expected"], f"{mark(r['base_score'])} {r['base']}",
+                         f"{mark(r['tuned_score'])} {r['tuned']}",
+                         f"{r['base_score']['f1']:.2f} → {r['tuned_score']['f1']:.2f}"])
     return rows
 
 
@@ -92,6 +109,19 @@ def build(studio: Studio):
             confirm = gr.Checkbox(False, label="Yes, delete this run and its files for good")
             delete_btn = gr.Button("🗑 Delete run", variant="stop")
     result = gr.Markdown()
+    with gr.Accordion("🧪 Did it learn? Tuned vs base on questions it was not trained on", open=False):
+        gr.Markdown("The tuned model and its base answer the same questions side by side: the run's held-out "
+                    "rows (or, if it held none out, its training rows), or a file of questions with answers you "
+                    "upload (any training-data format), plus 20 general questions that show what the tuning "
+                    "broke, if anything. ✅ = more than half of the expected answer's key words are in the answer.")
+        with gr.Row():
+            questions_file = gr.File(label="Questions with answers (optional)", type="filepath",
+                                     file_types=[".jsonl", ".json", ".csv", ".parquet"], scale=2)
+            with gr.Column(scale=1):
+                eval_btn = gr.Button("🧪 Evaluate", variant="primary")
+                eval_stop = gr.Button("■ Stop the evaluation")
+        eval_line = gr.Markdown()
+        eval_table = gr.Dataframe(headers=EVAL_COLUMNS, interactive=False, wrap=True)
 
     def refresh_all(current: str | None = None):
         ids = [r.run_id for r in reversed(studio.runs())]
@@ -212,6 +242,43 @@ def build(studio: Studio):
 
     resume_btn.click(resume_clicked, selected, [result, table], api_visibility="private")
     gr.api(resume_run, api_name="resume_run")
+
+    stops: dict[str, threading.Event] = {}  # one per run being evaluated
+
+    def evaluate_run(run_id: str, questions_path: str | None = None, progress=gr.Progress()):
+        """Ask the tuned and the base model the run's held-out rows (or an uploaded questions
+        file) and 20 general questions; yields (headline, rows) after every batch; saves eval.json."""
+        if not run_id:
+            raise gr.Error("Pick a run first.")
+        from ft_engine.evaluate import headline, iter_evaluate, questions_from_file
+        try:
+            run = studio.run(run_id)
+            questions = source = None
+            if questions_path:
+                path = studio.check_upload(questions_path)
+                questions, source = questions_from_file(path), f"file {studio.upload_name(path) or path.name}"
+            if run_id in stops:
+                raise UserError(f"run {run_id} is being evaluated already: wait for it, or stop it")
+            stop = stops[run_id] = threading.Event()
+            try:
+                chat = studio.chat_model(run_id)
+                for done in iter_evaluate(run, questions, source, stop=stop, chat=chat,
+                                          progress=lambda d, t, text: progress((d, t), desc=text)):
+                    yield f"**{headline(done)}** · questions: {done['source']}", eval_rows(done)
+            finally:
+                stops.pop(run_id, None)
+        except UserError as e:
+            raise gr.Error(without_paths(str(e))) from None
+
+    def stop_evaluation(run_id: str) -> str:
+        stop = stops.get(run_id)
+        if stop is None:
+            return "No evaluation of this run is going on."
+        stop.set()
+        return "Stopping after the questions being answered; what was answered is kept."
+
+    eval_btn.click(evaluate_run, [selected, questions_file], [eval_line, eval_table], api_name="evaluate_run")
+    eval_stop.click(stop_evaluation, selected, result, api_name="stop_evaluation")
 
     def list_runs() -> list[dict]:
         """Every run on disk, newest first, with status, steps, losses, peak memory, duration."""
