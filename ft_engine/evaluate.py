@@ -49,8 +49,8 @@ held-out and 20 general questions, each answered twice, take about a minute on 2
 with the bundled model)."""
 BATCH = 8
 MAX_NEW_TOKENS = 64
-"""Longest answer generated: the expected answers of instruction data are mostly shorter, and
-a key term comes early in an answer or not at all."""
+"""Longest answer generated (answer_budget gives shorter expected answers less): the expected
+answers of instruction data are mostly shorter, and a key term comes early or not at all."""
 
 # Common English words, never key terms (SQuAD's articles plus the usual function words).
 _COMMON = set("""a an the and or but if then so of in on at to for from by with without about into over under
@@ -253,9 +253,10 @@ def iter_evaluate(run: RunDir, questions: list[Question] | None = None, source: 
                 yield result
                 return
             answers = {}
+            budget = answer_budget(chat.tokenizer, batch)
             for who, adapter in (("tuned", True), ("base", False)):
                 answers[who] = chat.answer_all([q.messages for q in batch], use_adapter=adapter,
-                                               max_new_tokens=MAX_NEW_TOKENS)
+                                               max_new_tokens=budget)
                 done += len(batch)
             for i, q in enumerate(batch):
                 result[part].append({"question": q.text, "expected": q.expected, "source": q.source,
@@ -268,6 +269,14 @@ def iter_evaluate(run: RunDir, questions: list[Question] | None = None, source: 
     say(total, total, "done")
     _finish(run, result)
     yield result
+
+
+def answer_budget(tokenizer, batch: list[Question]) -> int:
+    """New tokens for a batch: twice the longest expected first sentence, and 8 more, at most
+    MAX_NEW_TOKENS. Scoring reads key terms of that sentence, which a right answer says early;
+    a base model that rambles on to 64 tokens costs the whole batch that long."""
+    longest = max(len(tokenizer(first_sentence(q.expected), add_special_tokens=False)["input_ids"]) for q in batch)
+    return min(MAX_NEW_TOKENS, 2 * longest + 8)
 
 
 def totals(result: dict) -> dict:
