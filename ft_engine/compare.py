@@ -308,7 +308,7 @@ def format_table(rows: list[dict[str, Any]], prompt: str | None = None) -> str:
     lines.append("; ".join(notes[d] for d in sorted(devices)) + "; " if devices else "")
     lines[-1] += ("train time = the training loop; wall time = also loading the model and saving the "
                   "result; perplexity = exp(eval loss) on the held-out rows; held-out correct = held-out questions "
-                  "answered with more than half of the expected answer's key words (evaluate.py), by the "
+                  "whose answer carries the expected answer's key words and numbers (evaluate.py), by the "
                   "tuned model and by its base.")
     errors = [f"- **{r['method']}**: {r['error']}" for r in rows if r.get("error")]
     if errors:

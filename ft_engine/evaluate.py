@@ -123,7 +123,11 @@ def score(answer: str, expected: str, question: str) -> dict:
 class Question:
     messages: list[dict]  # the conversation up to the answer to give
     expected: str
-    source: str           # "row 12" of the file it came from
+    row: int              # of the file it came from
+
+    @property
+    def source(self) -> str:
+        return f"row {self.row}"
 
     @property
     def text(self) -> str:
@@ -139,25 +143,28 @@ class Question:
 def questions_from_file(path: str | Path, data_format: str = "auto") -> list[Question]:
     """Every row of a data file as a question with its expected answer (DataError naming each
     row that has none: a text row, or a conversation that does not end with an answer)."""
-    from .data import load_examples
-    data = load_examples(str(path), data_format)
-    questions, problems = [], []
-    for ex in data.examples:
-        if ex.messages is None:
-            problems.append(DataProblem(ex.row, None, "a text row has no question and answer: use a chat, alpaca "
-                                                      "or prompt/completion file for an evaluation"))
-            continue
-        if ex.messages[-1]["role"] != "assistant" or not ex.messages[-1]["content"].strip():
-            problems.append(DataProblem(ex.row, None, "the row does not end with an answer (an assistant turn) "
-                                                      "to compare the model's with: add the expected answer"))
-            continue
-        if not any(m["role"] == "user" for m in ex.messages[:-1]):
-            problems.append(DataProblem(ex.row, None, "the row has no question (a user turn) before its answer"))
-            continue
-        questions.append(Question(ex.messages[:-1], ex.messages[-1]["content"], f"row {ex.row}"))
+    questions, problems = _read_questions(str(path), data_format)
     if problems:
         raise DataError(str(path), problems)
     return questions
+
+
+def _read_questions(path: str, data_format: str) -> tuple[list[Question], list[DataProblem]]:
+    """The rows of a data file that are questions with answers, and a problem for each other row."""
+    from .data import load_examples
+    questions, problems = [], []
+    for ex in load_examples(path, data_format).examples:
+        if ex.messages is None:
+            problems.append(DataProblem(ex.row, None, "a text row has no question and answer: use a chat, alpaca "
+                                                      "or prompt/completion file for an evaluation"))
+        elif ex.messages[-1]["role"] != "assistant" or not ex.messages[-1]["content"].strip():
+            problems.append(DataProblem(ex.row, None, "the row does not end with an answer (an assistant turn) "
+                                                      "to compare the model's with: add the expected answer"))
+        elif not any(m["role"] == "user" for m in ex.messages[:-1]):
+            problems.append(DataProblem(ex.row, None, "the row has no question (a user turn) before its answer"))
+        else:
+            questions.append(Question(ex.messages[:-1], ex.messages[-1]["content"], ex.row))
+    return questions, problems
 
 
 def held_out_rows(run: RunDir) -> tuple[list[int], str]:
@@ -182,22 +189,15 @@ def questions_from_run(run: RunDir, limit: int = MAX_QUESTIONS, seed: int = 0) -
     if not Path(config.data).is_file():
         raise UserError(f"run {run.run_id}'s data file {Path(config.data).name} is gone: evaluate it with a "
                         f"questions file")
-    by_row = {int(q.source.split()[-1]): q for q in _answerable(config.data, config.data_format)}
+    answerable, _ = _read_questions(config.data, config.data_format)  # training rows without answers are skipped
+    by_row = {q.row: q for q in answerable}
     picked = [by_row[r] for r in rows if r in by_row]
     if not picked:
-        raise UserError(f"none of run {run.run_id}'s {what.split(' (')[0]} are questions with answers: evaluate "
+        raise UserError(f"none of the rows run {run.run_id} recorded are questions with answers: evaluate "
                         f"it with a questions file")
     if len(picked) > limit:
-        picked = sorted(random.Random(seed).sample(picked, limit), key=lambda q: int(q.source.split()[-1]))
+        picked = sorted(random.Random(seed).sample(picked, limit), key=lambda q: q.row)
     return picked, what
-
-
-def _answerable(path: str, data_format: str) -> list[Question]:
-    """The rows of a training file that are questions with answers (text rows are skipped)."""
-    from .data import load_examples
-    data = load_examples(path, data_format)
-    return [Question(ex.messages[:-1], ex.messages[-1]["content"], f"row {ex.row}") for ex in data.examples
-            if ex.messages and ex.messages[-1]["role"] == "assistant" and len(ex.messages) > 1]
 
 
 def general_questions() -> list[Question]:

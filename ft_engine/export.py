@@ -183,24 +183,30 @@ class ExportDiskError(UserError):
     """The export would not fit on the disk (zip_result): refused before anything is written."""
 
 
+def base_params(run: RunDir, what: str) -> int | None:
+    """Parameters of the run's base model, from its config alone (forecast.model_shape); None,
+    logged, when its shape is not known here: `what` export then has no size estimate."""
+    from .forecast import model_shape
+    try:
+        return model_shape(run.read_config().model).total
+    except UserError as e:
+        log.warning("no size estimate for the %s export of run %s: %s", what, run.run_id, e)
+        return None
+
+
 def merged_model_bytes(run: RunDir) -> int | None:
     """Bytes of the standalone model export_merged writes for `run`: model/ as it is (full
     fine-tuning), else every base weight once (a tied lm_head once) in the saved dtype (fp32
     for LoRA, the trained compute dtype for QLoRA, see the module docstring) plus the tokenizer
     files (counted as the adapter folder, an overestimate by the adapter's weights). None when
     the base model's shape is not known here (forecast.model_shape)."""
-    from .forecast import model_shape
     full, adapter = run.path / MODEL_DIR, run.path / ADAPTER_DIR
     if full.is_dir():
         return folder_bytes(full)
     config = run.read_config()
     dtype = _trained_compute_dtype(run, config) if config.method == "qlora" else _LORA_MERGED_DTYPE
-    try:
-        params = model_shape(config.model).total
-    except UserError as e:
-        log.warning("no size estimate for the merged export of run %s: %s", run.run_id, e)
-        return None
-    return params * _DTYPE_BYTES.get(dtype, 4) + folder_bytes(adapter)
+    params = base_params(run, "merged")
+    return None if params is None else params * _DTYPE_BYTES.get(dtype, 4) + folder_bytes(adapter)
 
 
 def export_peak_bytes(run: RunDir, kind: str, quant: str = "f16") -> int | None:
@@ -210,7 +216,6 @@ def export_peak_bytes(run: RunDir, kind: str, quant: str = "f16") -> int | None:
     (measured with tests/tiny_model.py Llamas, transformers 5.24: merged models zip to 0.90-0.93
     of their folder, and issue 11's 135M model to 449 of 517 MB; a 1-step adapter to 0.24, its B
     matrices still near zero). None when the model's size is not known here."""
-    from .forecast import model_shape
     from .gguf_export import disk_peak_bytes, file_bytes
     result = run.result_dir
     if result is None:
@@ -219,12 +224,8 @@ def export_peak_bytes(run: RunDir, kind: str, quant: str = "f16") -> int | None:
     if kind == "adapter":
         return folder_bytes(result)
     if kind == "gguf":
-        try:
-            params = model_shape(run.read_config().model).total
-        except UserError as e:
-            log.warning("no size estimate for the GGUF export of run %s: %s", run.run_id, e)
-            return None
-        return disk_peak_bytes(params, quant) + file_bytes(params, quant)
+        params = base_params(run, "GGUF")
+        return None if params is None else disk_peak_bytes(params, quant) + file_bytes(params, quant)
     model = merged_model_bytes(run)
     return None if model is None else 2 * model
 

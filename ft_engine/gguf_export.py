@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 import math
 import shutil
 import tempfile
@@ -40,8 +39,6 @@ import numpy as np
 from .disk import DISK, free_bytes, gb
 from .errors import UserError
 from .rundir import RunDir, Status, open_run
-
-log = logging.getLogger(__name__)
 
 QUANTS = ("f16", "bf16", "q8_0", "q4_k_m")
 """The quantizations an export offers; the first is the default (what llama.cpp's converter
@@ -97,10 +94,6 @@ class GGUFExport:
     folder: Path       # holds the two files below
     gguf: Path
     modelfile: Path
-
-    @property
-    def size(self) -> int:
-        return self.gguf.stat().st_size + self.modelfile.stat().st_size
 
 
 # --- what can be exported ----------------------------------------------------------------------
@@ -187,8 +180,7 @@ def export_gguf(run: RunDir | str | Path, out_dir: str | Path, quant: str = "f16
     must not exist, or be empty); on any failure nothing of it is left. The free disk is
     checked first (check_disk) unless the caller has (export.zip_result reserves the room for
     the file and its zip)."""
-    from .export import merged_model
-    from .forecast import model_shape
+    from .export import base_params, merged_model
     from .inference import stop_token_ids
     from .ollama import modelfile
     run = run if isinstance(run, RunDir) else open_run(run)
@@ -197,13 +189,10 @@ def export_gguf(run: RunDir | str | Path, out_dir: str | Path, quant: str = "f16
         raise UserError(f"{out} already exists and is not empty: choose a new folder, so nothing is overwritten")
     check_exportable(run, quant)
     say = progress or (lambda fraction, text: None)
-    try:
-        params = model_shape(run.read_config().model).total
-    except UserError as e:  # a size the forecast cannot tell is measured once the model is loaded
-        log.info("GGUF export of %s: size known once the model is loaded (%s)", run.run_id, e)
-        params = None
+    # a size the config cannot tell is measured once the model is loaded, below
+    params = None if disk_checked else base_params(run, "GGUF")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if params is not None and not disk_checked:
+    if params is not None:
         check_disk(out.parent, params, quant)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -211,7 +200,7 @@ def export_gguf(run: RunDir | str | Path, out_dir: str | Path, quant: str = "f16
     try:
         say(0.0, "merging the adapter into the base model")
         model, tokenizer, _ = merged_model(run)
-        if params is None and not disk_checked:
+        if params is None and not disk_checked:  # its size only known now
             check_disk(out.parent, sum(p.numel() for p in model.parameters()), quant)
         name = f"{run.run_id}-{quant}.gguf"
         write_gguf(model, tokenizer, tmp / name, quant,

@@ -116,7 +116,7 @@ def test_held_out_rows_are_those_the_run_did_not_train_on(tiny_model, tmp_path):
     assert len(held) == 3 and len(trained) == 7 and not set(held) & set(trained)
     assert sorted(held + trained) == list(range(1, 11))
     questions, what = questions_from_run(run)
-    assert what.startswith("held-out rows") and sorted(int(q.source.split()[1]) for q in questions) == sorted(held)
+    assert what.startswith("held-out rows") and sorted(q.row for q in questions) == sorted(held)
 
 
 def test_an_evaluation_stops_when_asked_and_keeps_what_it_answered(learned):
@@ -175,7 +175,7 @@ def test_a_run_still_training_is_refused(learned, tmp_path, status):
     (copy.path / "status.json").write_text(json.dumps(s))
     before = (copy.path / EVAL_FILE).read_bytes() if (copy.path / EVAL_FILE).exists() else None
     with pytest.raises(UserError, match=f"is {status}: evaluate it once it has finished"):
-        evaluate(copy, [Question([{"role": "user", "content": "Q"}], "A", "row 1")])
+        evaluate(copy, [Question([{"role": "user", "content": "Q"}], "A", 1)])
     after = (copy.path / EVAL_FILE).read_bytes() if (copy.path / EVAL_FILE).exists() else None
     assert after == before  # nothing written
 
