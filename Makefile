@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chromium test run clean llamacpp test-llamacpp
+.PHONY: setup chromium lint test run clean llamacpp test-llamacpp
 
 setup: $(STAMP)
 
@@ -31,8 +31,12 @@ chromium:
 		fi; \
 	fi
 
-test: setup chromium
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+test: setup chromium lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=25
+
+# pyflakes, pycodestyle and import order (pyproject.toml [tool.ruff]); under a second
+lint: setup
+	$(PY) -m ruff check .
 
 # llama.cpp, for the q4_k_m GGUF export and as the second reader of exported GGUF files
 # (tests/test_llamacpp.py). llama-cpp-python is a source package: pip compiles llama.cpp with the

@@ -2,7 +2,7 @@
 
 Reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860), FT_RUNS_DIR (default
 ./runs), HF_TOKEN (gated models, Hub uploads), and the limits for running it for others
-(ui/limits.py, README "Running it for others"): FT_MAX_UPLOAD_MB, FT_AUTH, FT_MAX_STEPS,
+(ui/limits.py, docs/deploying.md): FT_MAX_UPLOAD_MB, FT_AUTH, FT_MAX_STEPS,
 FT_MAX_ROWS, FT_LEND_HF_TOKEN.
 """
 

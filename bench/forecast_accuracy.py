@@ -57,7 +57,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ft_engine.config import RunConfig  # noqa: E402  (after the path is set)
-from ft_engine.forecast import MIB, available_memory, forecast, llama_1b_config, model_shape, verdict  # noqa: E402
+from ft_engine.forecast.constants import MIB  # noqa: E402
+from ft_engine.forecast.estimate import forecast, verdict  # noqa: E402
+from ft_engine.forecast.shape import llama_1b_config, model_shape  # noqa: E402
+from ft_engine.hardware import available_memory  # noqa: E402
 from ft_engine.models import cache_dir, model_source  # noqa: E402
 
 LLAMA_1B_DIR = "llama-3.2-1b-shape-random-seed0"

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config import FIELD_DOCS, RunConfig, default_runs_dir
 from .errors import UserError
@@ -178,7 +179,6 @@ def _launch_cli(cfg: RunConfig, launch) -> int:
     import tempfile
 
     from .launch import command, environment
-    from .rundir import Status
     from .supervise import LaunchedRun
     from .training import TrainingJob
     job = TrainingJob(cfg)
@@ -230,7 +230,6 @@ def cmd_resume(args) -> int:
 
 def _run_job_cli(start) -> int:
     """Run a job; Ctrl-C / SIGTERM ask for a cooperative stop (result kept, status `stopped`)."""
-    from .rundir import Status
     jobs = []
 
     def on_signal(signum, frame):
@@ -299,7 +298,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .compare import list_comparisons
+    from .comparison_dir import list_comparisons
     from .rundir import list_runs
     runs_dir = args.runs_dir or default_runs_dir()
     runs = list_runs(runs_dir)
@@ -330,19 +329,17 @@ def _print_comparisons(comparisons) -> None:
 
 
 def _print_runs(runs) -> None:
-    from .rundir import DamagedFileError
+    from .rundir import read_summary
     print(f"{'id':<40} {'method':<6} {'model':<28} {'status':<11} {'steps':>9} {'last loss':>9}")
     for run in runs:
-        try:
-            s = run.read_status()
-        except DamagedFileError as e:
-            print(f"{run.run_id:<40} {'?':<6} {'?':<28} {'damaged':<11} {'':>9} {'':>9}  {e}")
+        s = read_summary(run)
+        if s.damaged:
+            print(f"{run.run_id:<40} {'?':<6} {'?':<28} {s.status:<11} {'':>9} {'':>9}  {s.error}")
             continue
-        steps = f"{s.get('step', 0)}/{s.get('total_steps') or '?'}"
-        losses = [r["loss"] for r in run.read_metrics() if "loss" in r]
-        loss = f"{losses[-1]:.4f}" if losses else "-"
-        print(f"{run.run_id:<40} {s.get('method', '?'):<6} {str(s.get('model', '?'))[:28]:<28} "
-              f"{s.get('status', '?'):<11} {steps:>9} {loss:>9}")
+        steps = f"{s.step}/{s.total_steps or '?'}"
+        loss = f"{s.train_loss:.4f}" if s.train_loss is not None else "-"
+        print(f"{run.run_id:<40} {s.method or '?':<6} {str(s.model or '?')[:28]:<28} "
+              f"{s.status or '?':<11} {steps:>9} {loss:>9}")
 
 
 def cmd_export(args) -> int:
@@ -369,7 +366,8 @@ def cmd_plan(args) -> int:
     import json
 
     from .config import BUNDLED_MODEL
-    from .forecast import LLAMA_1B_SHAPE, format_plan, plan
+    from .forecast.advice import plan
+    from .forecast.shape import LLAMA_1B_SHAPE
     values = {k: getattr(args, k) for k in ("model", "batch_size", "max_seq_len", "lora_r",
                                             "activation_checkpointing", "optimizer", "checkpoint_steps",
                                             "checkpoints_kept", "max_steps", "runs_dir", "strategy",
@@ -388,10 +386,82 @@ def cmd_plan(args) -> int:
     return 0
 
 
+# --- the `plan` report ---------------------------------------------------------------------------
+
+COMPONENT_LABELS = {
+    "weights_frozen": "weights (frozen)", "weights_trainable": "weights (trainable)",
+    "quant_constants": "quantization constants", "gradients": "gradients",
+    "optimizer_state": "optimizer state", "optimizer_temp": "optimizer step scratch",
+    "autocast_copies": "autocast weight copies", "activations": "activations",
+    "logits_loss": "logits + loss", "runtime_overhead": "runtime overhead",
+}
+"""`plan`'s row label for each of the forecast's components (forecast.constants.COMPONENTS)."""
+
+
+def format_plan(report: dict[str, Any]) -> str:
+    """The human-readable `plan` output: one row per component (MiB), one column per method.
+    `report`: what forecast.advice.plan returns."""
+    from .forecast.constants import PHASES, WHOLE_STEP
+    methods = list(report["methods"])
+    s = report["shape"]
+    lines = [f"model: {report['model']}  ({s['params']['total']:,} parameters; hidden {s['hidden']}, "
+             f"{s['layers']} layers, {s['heads']} heads / {s['kv_heads']} kv, intermediate {s['intermediate']}, "
+             f"vocab {s['vocab']}{', tied embeddings' if s['tied_embeddings'] else ''})"]
+    first = report["methods"][methods[0]]
+    d = first["details"]
+    seq = f"{d['seq_len']}" + (f" (max_seq_len {d['max_seq_len']})" if d["seq_len"] != d["max_seq_len"] else "")
+    lines.append(f"device: {first['device']} ({first['precision']}); batch {d['batch_size']} x seq "
+                 f"{seq} = {d['tokens_per_batch']:,} tokens; optimizer {d['optimizer']}; "
+                 f"activation checkpointing {'on' if d['activation_checkpointing'] else 'off'}")
+    if report.get("processes", 1) > 1:
+        lines.append(f"{report['processes']} processes ({report['strategy']}): every figure below is one "
+                     f"device's" + (" (on a CPU they share the RAM: needed free is all of them)"
+                                    if first["device"] == "cpu" else ""))
+    width = max(len(v) for v in COMPONENT_LABELS.values()) + 2
+    lines.append("")
+    lines.append(f"{'MiB':<{width}}" + "".join(f"{m:>12}" for m in methods))
+    for key, label in COMPONENT_LABELS.items():
+        lines.append(f"{label:<{width}}" + "".join(f"{report['methods'][m]['components_mib'][key]:>12,.1f}"
+                                                   for m in methods))
+    # a phase left out of some peak (a GPU run whose step has scratch): say so, and what it is
+    phased = [m for m in methods if report["methods"][m]["peak_phase"] != WHOLE_STEP
+              and report["methods"][m]["not_at_peak_mib"] > 0]
+    if phased:  # a GPU: the column adds up to the peak once the phase not at the peak is taken off
+        lines.append(f"{'not alive at the peak *':<{width}}"
+                     + "".join(f"{-report['methods'][m]['not_at_peak_mib']:>12,.1f}" for m in methods))
+    lines.append("-" * (width + 12 * len(methods)))
+    lines.append(f"{'total (peak)':<{width}}" + "".join(f"{report['methods'][m]['total_mib']:>12,.1f}"
+                                                        for m in methods))
+    if first["device"] == "cuda":
+        lines.append(f"{'needed free (+ctx, frag.)':<{width}}"
+                     + "".join(f"{report['methods'][m]['needed_mib']:>12,.1f}" for m in methods))
+    lines.append(f"{'trainable params':<{width}}" + "".join(f"{report['methods'][m]['trainable_params']:>12,}"
+                                                            for m in methods))
+    if phased:
+        fb, step = (", ".join(COMPONENT_LABELS[k] for k in PHASES[p]) for p in PHASES)
+        lines.append(f"* on a GPU the forward/backward transients ({fb}) are freed before the optimizer "
+                     f"step allocates its scratch ({step}): the peak holds the larger of the two; peak in "
+                     + "; ".join(f"{m}: {report['methods'][m]['peak_phase']}" for m in phased))
+    lines.append("")
+    lines.append(f"available: {report['available']['label']}")
+    for m in methods:
+        r = report["methods"][m]
+        lines.append(f"{m}: verdict: {r['verdict']}")
+        for sug in r["suggestions"]:
+            lines.append(f"    - {sug['change']}: {sug['total_mib']:,.1f} MiB ({sug['verdict']})")
+    from .disk import gb
+    for m in methods:
+        d = report["methods"][m]["disk"]
+        lines.append(f"{m}: disk: {d['line']}"
+                     + ("" if d["fits"] else f": too little, a run is refused below {gb(d['needed_free_bytes'])} free"))
+    return "\n".join(lines)
+
+
 def cmd_compare(args) -> int:
     import json
 
-    from .compare import DEFAULT_VAL_FRACTION, CompareConfig, ComparisonJob, format_table
+    from .compare import DEFAULT_VAL_FRACTION, CompareConfig, ComparisonJob
+    from .compare_table import format_table
     from .rundir import Status
     values = {"data": args.data, "max_steps": args.max_steps, "val_fraction": DEFAULT_VAL_FRACTION,
               **{k: getattr(args, k) for k in ("model", "batch_size", "max_seq_len", "seed", "grad_accum",

@@ -6,50 +6,52 @@
     comparison.stop()      # cooperative: the current run ends after its step, the others never start
 
 The three runs are ordinary runs (listed in the Runs tab, chattable, exportable). The comparison
-itself lives beside them, in a hidden folder that `list_runs` does not see (no status.json):
-
-    <runs_dir>/.comparisons/<comparison_id>/
-        comparison.json   id, times, status, the shared settings, method → run id, the sample
-                          prompt and answers, and (once finished) one row of results per method
-        table.md          the results as a markdown table, with the sample answers
+itself lives beside them, in a hidden folder that `list_runs` does not see (comparison_dir.py:
+comparison.json and table.md); its rows and table are compare_table.py's, read back from the
+runs' own files, so a comparison measures exactly what a single run reports.
 
 Only the learning rate differs between the methods (adapters start from zero and need larger
 steps than a full fine-tune, which moves weights that already work), unless the user fixes one.
-Everything a row shows is read back from the runs' own files (status.json, the saved result), so
-a comparison measures exactly what a single run reports.
 
-In the studio the three runs go through the Worker, so they queue first in, first out with
-everyone else's runs; a watcher thread collects the results when the last one has finished.
+The command line runs a comparison here (ComparisonJob); in the studio the three runs go through
+the Worker (`submit`), so they queue first in, first out with everyone else's runs, and a watcher
+thread collects the results when the last one has finished. Both create the runs with
+`create_runs`. This module also re-exports the names of comparison_dir.py and compare_table.py
+that the studio and the tests use (`compare.list_comparisons`, `compare.COLUMNS`...).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import random
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import stack
+from .compare_table import COLUMNS, collect_rows, format_table, run_row  # noqa: F401 (re-exported)
+from .comparison_dir import (  # noqa: F401
+    COMPARISON_FILE,
+    COMPARISONS_DIR,
+    TABLE_FILE,
+    ComparisonDir,
+    comparison_by_id,
+    comparisons_root,
+    delete_comparison,
+    list_comparisons,
+    progress,
+)
 from .config import RunConfig
+from .data import first_rows, load_examples, select_rows
 from .errors import ConfigError, UserError
-from .rundir import (DamagedFileError, RunDir, Status, _SAFE_ID, atomic_write_text, new_run_id,
-                     read_json_object, reconcile_dead_owner, run_by_id, utc_now, write_owned_json)
+from .rundir import RunDir, Status, run_by_id, utc_now
 
 if TYPE_CHECKING:
     from .worker import Worker
 
 log = logging.getLogger(__name__)
 
-COMPARISONS_DIR = ".comparisons"  # hidden, and without status.json: never listed as a run
-COMPARISON_FILE = "comparison.json"
-TABLE_FILE = "table.md"
 METHODS = ("full", "lora", "qlora")
 
 # The studio's "Quick demo" rates (ui/form.py, _LR): a comparison is a short fixed budget, and
@@ -57,6 +59,9 @@ METHODS = ("full", "lora", "qlora")
 DEFAULT_LEARNING_RATES = {"full": 5e-5, "lora": 1e-3, "qlora": 1e-3}
 DEFAULT_VAL_FRACTION = 0.1  # eval loss and perplexity need held-out rows
 POLL_SECONDS = 1.0
+# Held-out questions each method's model (and its base) answers after a comparison
+# (evaluate.py): fewer than a single run's evaluation, since three are asked in a row.
+COMPARE_QUESTIONS = 20
 
 
 @dataclass
@@ -119,245 +124,36 @@ class CompareConfig:
                 "prompt": self.prompt, "max_new_tokens": self.max_new_tokens}
 
 
-# --- the comparison folder ---------------------------------------------------------------------
-
-@dataclass
-class ComparisonDir:
-    """Reads and writes one comparison folder. Cheap to create; holds no open files."""
-
-    path: Path
-
-    @property
-    def comparison_id(self) -> str:
-        return self.path.name
-
-    @property
-    def runs_dir(self) -> Path:
-        return self.path.parent.parent
-
-    def write(self, **fields: Any) -> dict[str, Any]:
-        """Merge `fields` into comparison.json (atomically), claiming it for this process."""
-        return write_owned_json(self.path / COMPARISON_FILE, fields, id=self.comparison_id)
-
-    def read(self, reconcile: bool = True) -> dict[str, Any]:
-        """comparison.json. With `reconcile`, one whose process died mid-way reads `interrupted`."""
-        try:
-            info = read_json_object(self.path / COMPARISON_FILE)
-        except FileNotFoundError:
-            raise UserError(f"{self.path} is not a comparison (no {COMPARISON_FILE}); "
-                            f"pick one from the list of comparisons") from None
-        if reconcile:
-            reconcile_dead_owner(self.path / COMPARISON_FILE, info, current=None,
-                                 error="the process running this comparison ended before it finished")
-        return info
-
-    def runs(self) -> dict[str, str]:
-        """method → run id, in the order they run."""
-        return dict(self.read(reconcile=False)["runs"])
-
-    def rows(self) -> list[dict[str, Any]]:
-        """The results: stored once the comparison finished (so they outlive a deleted run),
-        read live from the runs while it is going."""
-        info = self.read()
-        if info.get("rows"):
-            return info["rows"]
-        return collect_rows(self.runs_dir, info["runs"], info.get("samples") or {})
-
-
-def comparisons_root(runs_dir: str | os.PathLike) -> Path:
-    return Path(runs_dir) / COMPARISONS_DIR
-
-
-def list_comparisons(runs_dir: str | os.PathLike) -> list[ComparisonDir]:
-    """Every comparison under runs_dir, oldest first."""
-    root = comparisons_root(runs_dir)
-    if not root.is_dir():
-        return []
-    return [ComparisonDir(p) for p in sorted(root.iterdir()) if (p / COMPARISON_FILE).is_file()]
-
-
-def comparison_by_id(runs_dir: str | os.PathLike, comparison_id: str) -> ComparisonDir:
-    """A comparison by id only: never a path, never outside runs_dir/.comparisons."""
-    if not isinstance(comparison_id, str) or not _SAFE_ID.fullmatch(comparison_id) or ".." in comparison_id:
-        raise UserError(f"{comparison_id!r} is not a comparison id; pick one from the list of comparisons")
-    target = comparisons_root(runs_dir).resolve() / comparison_id
-    if target.is_symlink() or not (target / COMPARISON_FILE).is_file():
-        raise UserError(f"no comparison {comparison_id!r} here; refresh the list of comparisons")
-    return ComparisonDir(target)
-
-
-def delete_comparison(runs_dir: str | os.PathLike, comparison_id: str) -> None:
-    """Delete one comparison's folder (its table, results and sample answers). Its runs are
-    ordinary runs and stay: delete them one by one if they are not wanted either. Refused
-    while the comparison is queued or running: stop it first."""
-    import shutil
-    cdir = comparison_by_id(runs_dir, comparison_id)
-    try:
-        status = cdir.read().get("status")
-    except DamagedFileError:
-        status = None  # no live comparison writes a damaged file (its writes are atomic)
-    if status in (Status.QUEUED.value, Status.RUNNING.value):
-        raise UserError(f"comparison {comparison_id} is {status}; stop it before deleting it")
-    shutil.rmtree(cdir.path)
-
-
-# --- one row per method -----------------------------------------------------------------------
-
-# (key, column header) of the results table, in display order
-COLUMNS = [
-    ("method", "method"),
-    ("status", "status"),
-    ("peak_mem_mib", "peak memory (MiB)"),
-    ("tokens_per_second", "tokens/s"),
-    ("train_s", "train time (s)"),
-    ("wall_s", "wall time (s)"),
-    ("trainable_params", "trainable params"),
-    ("trainable_pct", "trainable %"),
-    ("final_loss", "final train loss"),
-    ("eval_loss", "eval loss"),
-    ("perplexity", "perplexity"),
-    ("accuracy", "held-out correct"),
-    ("base_accuracy", "base model correct"),
-    ("saved_mib", "saved (MiB)"),
-]
-# Held-out questions each method's model (and its base) answers after a comparison
-# (evaluate.py): fewer than a single run's evaluation, since three are asked in a row.
-COMPARE_QUESTIONS = 20
-
-
-def _seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
-
-
-def _folder_mib(folder: Path | None) -> float | None:
-    if folder is None:
-        return None
-    return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20, 2)
-
-
-def run_row(run: RunDir, method: str) -> dict[str, Any]:
-    """What the comparison shows of one run, read from its status.json and saved result."""
-    s = run.read_status()
-    eval_loss = s.get("final_eval_loss")
-    total, trainable = s.get("total_params"), s.get("trainable_params")
-    return {
-        "method": method,
-        "run_id": run.run_id,
-        "status": s.get("status"),
-        "error": s.get("error"),
-        "steps": s.get("step", 0),
-        "total_steps": s.get("total_steps"),
-        "learning_rate": run.read_config().learning_rate,
-        "peak_mem_mib": s.get("mem_peak_mib"),
-        "mem_device": s.get("mem_device"),  # cuda: PyTorch allocator peak; cpu: process RSS peak
-        "tokens_per_second": s.get("tokens_per_second"),
-        "train_s": s.get("elapsed_s"),  # the training loop only
-        "wall_s": _seconds_between(s.get("started_at"), s.get("ended_at")),  # + loading and saving
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_pct": round(100 * trainable / total, 2) if trainable and total else None,
-        "final_loss": s.get("final_loss"),
-        "eval_loss": eval_loss,
-        # perplexity = exp(mean token cross-entropy on the held-out rows)
-        "perplexity": round(math.exp(eval_loss), 3) if eval_loss is not None else None,
-        "saved_mib": _folder_mib(run.result_dir),  # weights + tokenizer, what a download holds
-    }
-
-
-def collect_rows(runs_dir: str | os.PathLike, runs: dict[str, str],
-                 samples: dict[str, str | None], scores: dict[str, dict] | None = None) -> list[dict[str, Any]]:
-    rows = []
-    for method, run_id in runs.items():
-        try:
-            row = run_row(run_by_id(runs_dir, run_id), method)
-        except UserError:  # the run was deleted: the comparison still lists the method
-            row = {"method": method, "run_id": run_id, "status": "deleted",
-                   "error": f"run {run_id} was deleted"}
-        row["sample"] = samples.get(method)
-        totals = (scores or {}).get(method)
-        for key, who in (("accuracy", "questions_tuned"), ("base_accuracy", "questions_base")):
-            row[key] = f"{totals[who]['correct']}/{totals[who]['n']}" if totals and totals[who]["n"] else None
-        rows.append(row)
-    return rows
-
-
-def _cell(key: str, value: Any) -> str:
-    if value is None:
-        return "–"
-    if key == "trainable_params":
-        return f"{value:,}"
-    if key in ("final_loss", "eval_loss"):
-        return f"{value:.4f}"
-    if key in ("peak_mem_mib", "tokens_per_second", "train_s", "wall_s"):
-        return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
-
-
-def format_table(rows: list[dict[str, Any]], prompt: str | None = None) -> str:
-    """The results as a markdown table, what was measured, and the sample answers."""
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
-    devices = {r.get("mem_device") for r in rows if r.get("mem_device")}
-    notes = {"cpu": "peak memory = peak resident set of the training process (CPU)",
-             "cuda": "peak memory = peak of the PyTorch CUDA allocator"}
-    lines.append("")
-    lines.append("; ".join(notes[d] for d in sorted(devices)) + "; " if devices else "")
-    lines[-1] += ("train time = the training loop; wall time = also loading the model and saving the "
-                  "result; perplexity = exp(eval loss) on the held-out rows; held-out correct = held-out questions "
-                  "whose answer carries the expected answer's key words and numbers (evaluate.py), by the "
-                  "tuned model and by its base.")
-    errors = [f"- **{r['method']}**: {r['error']}" for r in rows if r.get("error")]
-    if errors:
-        lines += ["", "Errors:", *errors]
-    if any(r.get("sample") is not None for r in rows):
-        lines += ["", f"Sample answers (greedy) to: *{prompt}*" if prompt else "Sample answers (greedy):", ""]
-        # JSON quoting: one line, control characters escaped, whatever the model wrote
-        lines += [f"- **{r['method']}**: {json.dumps(r['sample'], ensure_ascii=False)}" if r.get("sample") is not None else
-                  f"- **{r['method']}**: (no answer: no trained result)" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-# --- preparing ---------------------------------------------------------------------------------
+# --- preparing: checks, the sample prompt, the comparison's runs ---------------------------------
 
 def default_prompt(base: RunConfig) -> str:
-    """The first held-out user message: the rows a run evaluates on, shuffled the same way
-    TrainingJob shuffles them (same seed, same number of rows → same permutation)."""
+    """The first held-out user message: data.select_rows draws the held-out rows from the
+    rows that survive encoding, as training does, so this is a row every method holds out."""
     stack.load()  # the studio calls this from request threads (see stack.py)
     from .models import load_tokenizer
     from .render import encode_all
 
     data = _loaded(base)
     encoded = encode_all(data, load_tokenizer(base.model), base.max_seq_len, base.train_on_prompt)
-    order = list(encoded.rows)
-    random.Random(base.seed).shuffle(order)
-    held_out = order[0].row
-    example = next(ex for ex in data.examples if ex.row == held_out)
+    _, held_out = select_rows(encoded.rows, base)
+    example = next(ex for ex in data.examples if ex.row == held_out[0].row)
     if example.messages:
         return next(m["content"] for m in example.messages if m["role"] == "user")
     return (example.text or "").strip()[:200]  # plain text: its beginning, to be continued
 
 
 def _loaded(base: RunConfig):
-    """The examples a run of `base` trains on: the file's, cut to max_rows as TrainingJob does."""
-    from .data import load_examples
-    data = load_examples(base.data, base.data_format)
-    if base.max_rows:
-        data.examples = data.examples[: base.max_rows]
-    return data
+    """The examples a run of `base` trains on: the file's first max_rows (data.first_rows)."""
+    return first_rows(load_examples(base.data, base.data_format), base.max_rows)
 
 
 def _check_data(base: RunConfig) -> None:
     """Enough rows to hold one out and still train on one; said in compare's own terms (the
     TrainingJob's message would suggest lowering val_fraction, which a comparison cannot)."""
-    stack.load()
-    from .training import _n_val
-    n = len(_loaded(base).examples)
-    n_val = _n_val(n, base.val_fraction)
-    if n - n_val < 1:
+    examples = _loaded(base).examples
+    train, held_out = select_rows(examples, base)
+    n, n_val = len(examples), len(held_out)
+    if not train:
         raise UserError(f"{base.data}: {n} row{'s' if n != 1 else ''} is too few to compare methods: "
                         f"{n_val} {'is' if n_val == 1 else 'are'} held out for the eval loss and perplexity, "
                         f"leaving nothing to train on; add rows (at least 2)")
@@ -370,17 +166,34 @@ def _plan(config: CompareConfig) -> str:
     return config.prompt.strip() or default_prompt(config.base)
 
 
-def _new_folder(config: CompareConfig) -> ComparisonDir:
-    root = comparisons_root(config.base.runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    cdir = ComparisonDir(root / new_run_id(root, "compare"))
-    cdir.path.mkdir()
-    return cdir
-
-
 def _run_name(cdir: ComparisonDir, method: str) -> str:
     """`compare-<4 hex> <method>`: the runs list shows which comparison a run belongs to."""
     return f"compare-{cdir.comparison_id.rsplit('-', 1)[-1]} {method}"
+
+
+def create_runs(config: CompareConfig, start: Callable[[RunConfig], RunDir], undo: Callable[[RunDir], None],
+                **fields: Any) -> tuple[ComparisonDir, dict[str, RunDir], str]:
+    """(the comparison folder, method → run, the sample prompt): check settings and data, make
+    the folder, create each method's run (queued) with `start` — the command line prepares a
+    TrainingJob, the studio submits to its worker — and write comparison.json, `fields` added.
+    Bad input raises UserError and leaves nothing behind: the runs made so far are handed to
+    `undo` and the folder is removed."""
+    prompt = _plan(config)
+    cdir = ComparisonDir.create(config.base.runs_dir)
+    runs: dict[str, RunDir] = {}
+    try:
+        for method in config.methods:
+            runs[method] = start(config.run_config(method, _run_name(cdir, method)))
+    except BaseException:
+        for run in runs.values():
+            undo(run)
+        shutil.rmtree(cdir.path, ignore_errors=True)
+        raise
+    cdir.write(status=Status.QUEUED, created_at=utc_now(), current=None, settings=config.to_dict(),
+               learning_rates={m: config.run_config(m).learning_rate for m in config.methods},
+               runs={m: r.run_id for m, r in runs.items()}, prompt=prompt, samples={}, rows=None, error=None,
+               **fields)
+    return cdir, runs, prompt
 
 
 # --- running in this process (the command line) -------------------------------------------------
@@ -401,23 +214,17 @@ class ComparisonJob:
         Bad input raises UserError and leaves nothing on disk."""
         stack.load()
         from .training import TrainingJob
-        self.prompt = _plan(self.config)
-        self.cdir = _new_folder(self.config)
-        try:
-            for method in self.config.methods:
-                job = TrainingJob(self.config.run_config(method, _run_name(self.cdir, method)))
-                job.prepare()
-                self.jobs[method] = job
-        except BaseException:
-            import shutil
-            for job in self.jobs.values():
-                shutil.rmtree(job.run_dir.path, ignore_errors=True)  # created a moment ago, never run
-            shutil.rmtree(self.cdir.path, ignore_errors=True)
-            raise
-        self.cdir.write(status=Status.QUEUED, created_at=utc_now(), current=None, settings=self.config.to_dict(),
-                        learning_rates={m: j.config.learning_rate for m, j in self.jobs.items()},
-                        runs={m: j.run_dir.run_id for m, j in self.jobs.items()}, prompt=self.prompt,
-                        samples={}, rows=None, error=None, same_process=None)
+
+        def start(run_config: RunConfig) -> RunDir:
+            job = TrainingJob(run_config)
+            job.prepare()
+            self.jobs[run_config.method] = job
+            return job.run_dir
+
+        def undo(run: RunDir) -> None:
+            shutil.rmtree(run.path, ignore_errors=True)  # created a moment ago, never run
+
+        self.cdir, _, self.prompt = create_runs(self.config, start, undo, same_process=None)
         return self.cdir
 
     def run(self, same_process: bool = False) -> Status:
@@ -471,22 +278,9 @@ class ComparisonJob:
 def submit(config: CompareConfig, worker: Worker) -> ComparisonDir:
     """Queue the methods' runs on `worker` (first in, first out with everyone's runs) and watch
     them from a thread that writes the results when the last one has finished."""
-    prompt = _plan(config)
-    cdir = _new_folder(config)
-    runs: dict[str, RunDir] = {}
-    try:
-        for method in config.methods:
-            runs[method] = worker.submit(config.run_config(method, _run_name(cdir, method)))
-    except BaseException:
-        import shutil
-        for run in runs.values():  # the same data passed for the first method: rare, but undo it
-            worker.stop(run.run_id)
-        shutil.rmtree(cdir.path, ignore_errors=True)
-        raise
-    cdir.write(status=Status.QUEUED, created_at=utc_now(), current=None, settings=config.to_dict(),
-               learning_rates={m: config.run_config(m).learning_rate for m in config.methods},
-               runs={m: r.run_id for m, r in runs.items()}, prompt=prompt, samples={}, rows=None, error=None,
-               same_process=True, stop_requested=False)
+    # a later method's data check failing after the first was queued is rare: stop the queued ones
+    cdir, runs, prompt = create_runs(config, worker.submit, lambda run: worker.stop(run.run_id),
+                                     same_process=True, stop_requested=False)
     threading.Thread(target=_watch, args=(cdir, runs, prompt, config.max_new_tokens),
                      name=f"watch-{cdir.comparison_id}", daemon=True).start()
     return cdir
@@ -568,23 +362,5 @@ def _finish(cdir: ComparisonDir, prompt: str, max_new_tokens: int, stopped: bool
     failed = [f"{r['method']}: {r['error']}" for r in rows if r.get("error")]
     cdir.write(status=status, current=None, ended_at=utc_now(), samples=samples, rows=rows,
                error="; ".join(failed) or None)
-    atomic_write_text(cdir.path / TABLE_FILE, format_table(rows, prompt))
+    cdir.write_table(format_table(rows, prompt))
     return status
-
-
-def progress(cdir: ComparisonDir) -> dict[str, Any]:
-    """Where a comparison is: status, which method runs (i of n), and each run's step."""
-    info = cdir.read()
-    methods = list(info["runs"])
-    steps = {}
-    for method, run_id in info["runs"].items():
-        try:
-            s = run_by_id(cdir.runs_dir, run_id).read_status()
-            steps[method] = {"status": s.get("status"), "step": s.get("step", 0), "total_steps": s.get("total_steps")}
-        except UserError:
-            steps[method] = {"status": "deleted", "step": None, "total_steps": None}
-    current = info.get("current")
-    return {"comparison_id": cdir.comparison_id, "status": info["status"], "current": current,
-            "index": methods.index(current) + 1 if current in methods else None, "of": len(methods),
-            "runs": info["runs"], "steps": steps, "error": info.get("error"),
-            "created_at": info.get("created_at")}

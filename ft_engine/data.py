@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import io
 import json
 import os
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import DataError, DataProblem
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+T = TypeVar("T")
 
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 FORMATS = ("chat", "sharegpt", "alpaca", "prompt_completion", "text")
@@ -132,6 +139,37 @@ def load_examples(path: str | os.PathLike, data_format: str = "auto") -> LoadedD
     if not examples:
         raise DataError(path_str, [DataProblem(None, None, "no usable rows; add at least one example")])
     return LoadedData(path_str, file_type, fmt, examples, _ignored_columns(records, fmt))
+
+
+# --- which rows a run trains on and which it holds out ---------------------------------
+# Training (training.py), a comparison's sample prompt (compare.py) and the Data tab's preview
+# (preview.py) all choose rows through these two functions, so they always agree.
+
+def first_rows(data: LoadedData, max_rows: int) -> LoadedData:
+    """`data` with only its first `max_rows` rows, in file order (RunConfig.max_rows; 0 or
+    less: every row). The first rows, not a sample, so the user knows which ones were used."""
+    if max_rows > 0 and len(data.examples) > max_rows:
+        return dataclasses.replace(data, examples=data.examples[:max_rows])
+    return data
+
+
+def held_out_count(n_rows: int, val_fraction: float) -> int:
+    """How many of `n_rows` are held out: at least one whenever val_fraction > 0."""
+    return 0 if val_fraction <= 0 else max(1, round(n_rows * val_fraction))
+
+
+def select_rows(rows: Sequence[T], config: RunConfig) -> tuple[list[T], list[T]]:
+    """(train, held_out): the split of `rows` a run of `config` trains on and evaluates on.
+
+    `rows` are the rows the run has, in file order, after `first_rows` (training passes the
+    rows that survive encoding, the only ones it can train on). The held-out rows are a random
+    sample drawn with `config.seed`: the same seed and the same number of rows always give the
+    same split, whatever the rows hold, so anyone can repeat a run's split from its config.
+    The held-out rows come in the order drawn, the training rows in the order shuffled."""
+    order = list(range(len(rows)))
+    random.Random(config.seed).shuffle(order)
+    n_val = held_out_count(len(rows), config.val_fraction)
+    return [rows[i] for i in order[n_val:]], [rows[i] for i in order[:n_val]]
 
 
 # --- checks before reading ---------------------------------------------------------------

@@ -7,7 +7,7 @@ A run directory (rundir.py) fills with:
         the trainable weights   full: model.safetensors, every parameter in its training dtype
                                 (fp32; bf16 with adamw_lean in a bf16 run); LoRA / QLoRA:
                                 adapter_model.safetensors, the fp32 adapters only
-        optimizer.pt            the optimizer's state (forecast.py's optimizer_state rule:
+        optimizer.pt            the optimizer's state (forecast/estimate.py's optimizer_state rule:
                                 AdamW 8 B per trainable parameter, 8-bit AdamW and adamw_lean
                                 ~2 B, SGD nothing)
         the tokenizer           the Trainer saves its processing_class into every checkpoint
@@ -167,7 +167,7 @@ def tokenizer_bytes(model: str, constants: DiskConstants = DISK) -> int:
     """Bytes of the tokenizer as saved: the model folder's (or the local Hugging Face cache's)
     tokenizer files, which save_pretrained writes back unchanged; `tokenizer_unknown` when they
     are not on this machine (a hub model not downloaded yet, the built-in 1B shape)."""
-    from .forecast import LLAMA_1B_SHAPE
+    from .forecast.shape import LLAMA_1B_SHAPE
     if model == LLAMA_1B_SHAPE:
         return constants.tokenizer_unknown
     from .models import model_source
@@ -187,7 +187,7 @@ def tokenizer_bytes(model: str, constants: DiskConstants = DISK) -> int:
 def _optimizer_file_bytes(config: RunConfig, state: int, tensors: list[tuple[int, bool]],
                           c: DiskConstants) -> int:
     """optimizer.pt: the state (forecast's rule) plus torch.save's cost per state tensor."""
-    from .forecast import DEFAULTS
+    from .forecast.constants import DEFAULTS
     if config.optimizer == "sgd":
         return c.optimizer_file_base
     if config.optimizer == "adamw_torch":
@@ -207,7 +207,8 @@ def disk_forecast(config: RunConfig, shape=None, *, steps: int | None = None, de
     its saved bytes (default `tokenizer_bytes`). `optimizer: auto` counts as adamw_torch, the
     most it can write (it becomes adamw_lean only when memory is short when the run starts).
     Raises UserError for a model the memory forecast does not know (forecast.model_shape)."""
-    from .forecast import forecast, model_shape, trainable_tensors
+    from .forecast.estimate import forecast, trainable_tensors
+    from .forecast.shape import model_shape
     c = constants
     shape = shape or model_shape(config.model)
     if config.optimizer == "auto":
@@ -292,7 +293,7 @@ def check_disk(config: RunConfig, steps: int | None, run_dir: Path | None = None
     run keeps in status.json (`disk_forecast`): `disk_line`, or why there is no disk forecast
     (a model the memory forecast does not know). For a resumed run (`run_dir`), what it wrote
     already is on the disk and counts as room."""
-    from .forecast import model_shape
+    from .forecast.shape import model_shape
     try:
         shape = model_shape(config.model)
         fc = disk_forecast(config, shape, steps=steps, device=device)

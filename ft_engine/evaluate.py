@@ -39,6 +39,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import stack
 from .errors import DataError, DataProblem, UserError
 from .rundir import DATA_FILE, EVAL_FILE, RunDir, Status, atomic_write_text, utc_now
 
@@ -225,6 +226,7 @@ def iter_evaluate(run: RunDir, questions: list[Question] | None = None, source: 
                   forgetting: bool = True, stop: threading.Event | None = None, progress: Progress | None = None,
                   chat=None, max_questions: int = MAX_QUESTIONS) -> Iterator[dict]:
     """evaluate(), yielding the result so far after every batch (the last one is final)."""
+    stack.load()  # the models answer with torch and transformers: loaded once, one thread at a time
     from .inference import ChatModel
     status = run.read_status().get("status")
     if status in (Status.RUNNING.value, Status.QUEUED.value):

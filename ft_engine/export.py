@@ -12,6 +12,10 @@ layers themselves (peft's merge into Linear4bit) would re-quantize, and blur, th
 So each 4-bit layer is first replaced by a plain Linear holding its dequantized weight in the
 run's compute dtype (bf16/fp16; what bitsandbytes' forward multiplies with), the adapter is
 merged onto that, and the model is saved in that dtype, with a README.md saying how it was made.
+
+Light to import: torch, transformers and the modules that need them are imported where a model
+is built, after stack.load(), which each entry point (export_merged, merged_model, zip_result,
+push_to_hub) calls first, so the studio can call them from any of its threads.
 """
 
 from __future__ import annotations
@@ -26,20 +30,21 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+from . import stack
 from .config import RunConfig
 from .disk import DISK, folder_bytes, free_bytes, gb
 from .errors import UserError, hide_tokens
-from .inference import stop_token_ids
-from .models import bnb_config, load_base_model, load_tokenizer, model_build_lock, resolve_compute_dtype
 from .rundir import ADAPTER_DIR, MODEL_DIR, RunDir, open_run
+
+if TYPE_CHECKING:
+    import torch
 
 
 def export_merged(run: RunDir | str | Path, out_dir: str | Path) -> Path:
     """Write the merged model to `out_dir` (which must not exist or be empty)."""
+    stack.load()
     run = run if isinstance(run, RunDir) else open_run(run)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -78,7 +83,12 @@ def merged_model(run: RunDir):
     export_merged saves it: model/ of a full run as it is, else the adapter merged into its
     base (fp32 for LoRA; the dequantized 4-bit base in the trained compute dtype for QLoRA,
     see the module docstring). Its generation_config stops where the studio's chat does."""
+    stack.load()
+    import torch
     from transformers import AutoModelForCausalLM
+
+    from .inference import stop_token_ids
+    from .models import bnb_config, load_base_model, load_tokenizer, model_build_lock, resolve_compute_dtype
     adapter, full = run.path / ADAPTER_DIR, run.path / MODEL_DIR
     config = run.read_config()
     if full.is_dir():
@@ -123,6 +133,8 @@ def _trained_compute_dtype(run: RunDir, config: RunConfig) -> str:
     recorded = run.read_status().get("precision")
     if recorded in _PRECISION_DTYPE:
         return _PRECISION_DTYPE[recorded]
+    stack.load()  # the hardware decides it: torch
+    from .models import resolve_compute_dtype
     return str(resolve_compute_dtype(config)).removeprefix("torch.")
 
 
@@ -186,7 +198,7 @@ class ExportDiskError(UserError):
 def base_params(run: RunDir, what: str) -> int | None:
     """Parameters of the run's base model, from its config alone (forecast.model_shape); None,
     logged, when its shape is not known here: `what` export then has no size estimate."""
-    from .forecast import model_shape
+    from .forecast.shape import model_shape
     try:
         return model_shape(run.read_config().model).total
     except UserError as e:
@@ -334,6 +346,7 @@ def zip_result(run: RunDir, kind: str, dest_dir: str | Path, quant: str = "f16",
     refuses."""
     if kind not in EXPORT_KINDS:
         raise UserError(f"export kind must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
+    stack.load()  # the size estimates read the model's config (transformers); the exports build it
     run.check_result_links()
     if kind == "gguf":
         from .gguf_export import check_exportable
@@ -377,6 +390,7 @@ def push_to_hub(run: RunDir, repo_id: str, token: str, kind: str = "adapter", pr
         raise UserError(f"repo id must look like your-name/model-name, got {repo_id!r}")
     if not token:
         raise UserError("a Hugging Face token with write access is needed: paste one or set HF_TOKEN")
+    stack.load()  # the merged and GGUF exports build the model
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "merged":

@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import stack
 from .disk import DISK, free_bytes, gb
 from .errors import UserError
 from .rundir import RunDir, Status, open_run
@@ -180,6 +181,7 @@ def export_gguf(run: RunDir | str | Path, out_dir: str | Path, quant: str = "f16
     must not exist, or be empty); on any failure nothing of it is left. The free disk is
     checked first (check_disk) unless the caller has (export.zip_result reserves the room for
     the file and its zip)."""
+    stack.load()  # torch and transformers, once, one thread at a time (stack.py)
     from .export import base_params, merged_model
     from .inference import stop_token_ids
     from .ollama import modelfile

@@ -1,16 +1,19 @@
 """What the machine has right now, for the studio's gauges: GPUs through NVML (pynvml), or
-system RAM and this process's memory when there is no NVIDIA GPU ("CPU mode")."""
+system RAM and this process's memory when there is no NVIDIA GPU ("CPU mode"); and the memory
+free for a run, which the memory forecast (ft_engine/forecast/) compares its estimate with."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from . import memory
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -90,3 +93,58 @@ def machine_snapshot() -> dict:
         "process_peak_mib": proc["mem_peak_mib"],
         "cpu_percent": psutil.cpu_percent(interval=None),
     }
+
+
+# --- what is available for a run (the forecast's verdict compares with it) -------------------
+
+def available_memory(device: str | None = None) -> tuple[str, int | None, str]:
+    """(device, free bytes, label): the GPU with the most free memory (NVML via
+    gpu_readings), else the system RAM available (psutil). bytes is None when a
+    CUDA forecast is asked for on a machine with no visible NVIDIA GPU."""
+    if device in (None, "cuda"):
+        gpus = gpu_readings()
+        if gpus:
+            g = max(gpus, key=lambda r: r.total_mib - r.used_mib)
+            free = int((g.total_mib - g.used_mib) * MIB)
+            return "cuda", free, f"GPU {g.index} {g.name}: {free / MIB:,.0f} MiB free of {g.total_mib:,.0f} MiB"
+        if device == "cuda":
+            return "cuda", None, "no NVIDIA GPU visible here (NVML): cannot compare with free GPU memory"
+    vm = psutil.virtual_memory()
+    free, label = int(vm.available), f"system RAM: {vm.available / MIB:,.0f} MiB available of {vm.total / MIB:,.0f} MiB"
+    cap = memory_cap()
+    if cap is not None and cap[0] < free:
+        free, label = cap[0], f"{cap[1]}: {cap[0] / MIB:,.0f} MiB available"
+    return "cpu", free, label
+
+
+def memory_cap() -> tuple[int, str] | None:
+    """(bytes, where from) when this process may use less than the machine's free RAM: a
+    container's cgroup limit (Docker, Hugging Face Spaces: psutil sees the host's RAM there),
+    or FT_MEMORY_LIMIT_MIB, set by whoever hosts the studio to plan within a smaller budget."""
+    caps = []
+    env = os.environ.get("FT_MEMORY_LIMIT_MIB", "").strip()
+    if env:
+        try:
+            caps.append((int(float(env) * MIB), f"FT_MEMORY_LIMIT_MIB={env}"))
+        except ValueError:
+            raise UserError(f"FT_MEMORY_LIMIT_MIB must be a number of MiB such as 8000, got {env!r}") from None
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip()
+        except OSError:
+            continue  # no such cgroup version here
+        if limit.isdigit() and int(limit) < (1 << 60):  # "max" or a huge number mean no limit
+            caps.append((max(0, int(limit) - int(usage)), "container memory limit"))
+        break
+    return min(caps) if caps else None
+
+
+def available_bytes(available) -> int | None:
+    """The bytes of `available` as the forecast takes it: bytes, None (unknown), or the tuple
+    `available_memory` returns."""
+    if isinstance(available, tuple):
+        return available[1]
+    return available
+

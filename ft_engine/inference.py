@@ -25,7 +25,6 @@ from .models import bnb_config, load_base_model, load_tokenizer, model_build_loc
 from .render import end_of_turn_id
 from .rundir import ADAPTER_DIR, MODEL_DIR, RunDir, open_run
 
-
 # --- where a chat model goes, and in what dtype (issue 10) ---------------------------------------
 
 def chat_device(training_run: str | None = None, run_gpus: int = 1) -> int | str:

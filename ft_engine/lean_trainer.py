@@ -28,8 +28,13 @@ from transformers import Trainer
 
 from . import distributed
 from .lean_optimizer import AdamWInBackward
-from .loss import (SharedHeadGradient, fused_cuda_loss_available, fused_cuda_loss_sum, linear_cross_entropy_sum,
-                   tied_embedding)
+from .loss import (
+    SharedHeadGradient,
+    fused_cuda_loss_available,
+    fused_cuda_loss_sum,
+    linear_cross_entropy_sum,
+    tied_embedding,
+)
 from .packing import split_passes
 from .render import IGNORE_INDEX
 

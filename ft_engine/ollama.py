@@ -146,7 +146,7 @@ def modelfile(gguf_name: str, tokenizer, stop_ids: list[int], system_prompt: str
     """The Modelfile beside `gguf_name`: FROM, TEMPLATE, a stop PARAMETER for every token that
     ends a reply in the studio's chat, and SYSTEM when the run trained with one system prompt."""
     pieces = template_pieces(tokenizer)
-    lines = [f"# Made by Fine-Tune Studio. `ollama create my-model -f Modelfile`, then `ollama run my-model`.",
+    lines = ["# Made by Fine-Tune Studio. `ollama create my-model -f Modelfile`, then `ollama run my-model`.",
              f"FROM ./{gguf_name}", "", f"TEMPLATE {_quoted(go_template(pieces))}", ""]
     for token in dict.fromkeys(tokenizer.convert_ids_to_tokens(stop_ids)):
         if token:

@@ -1,15 +1,17 @@
 """What the studio's Data tab shows: the detected format, row count, token lengths, which
-rows the length limit cuts, and the first examples exactly as the model will see them."""
+rows the length limit cuts, and the first examples exactly as the model will see them.
+
+Light to import: the tokenizer's modules (models.py, render.py import torch and transformers)
+are imported by preview_data, after stack.load(), so it can be called from any thread."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
-from .data import Example, load_examples
+from . import stack
+from .data import Example, first_rows, load_examples
 from .errors import UserError
-from .models import context_length, load_tokenizer
-from .render import encode, segments
 
 # The examples go to the browser whole, so one 10 MB field would be 10 MB of HTML at every
 # check. Each field (a message, a document) is shown up to PREVIEW_FIELD_CHARS characters, then
@@ -37,14 +39,21 @@ class DataPreview:
 
 
 def preview_data(path: str, model: str = "bundled", max_seq_len: int = 512, train_on_prompt: bool = False,
-                 data_format: str = "auto", n_examples: int = 3, max_rows: int = 0) -> DataPreview:
+                 data_format: str = "auto", n_examples: int = 3, max_rows: int = 0,
+                 refuse_over_context: bool = False) -> DataPreview:
     """Raises DataError / UserError with the row, field and fix when the file is unusable,
     including when the length limit leaves no row with an answer to train on (as training would).
-    max_rows > 0 keeps only the first rows, as RunConfig.max_rows does in training."""
+    max_rows > 0 keeps only the first rows, as training does (data.first_rows).
+    refuse_over_context: a max_seq_len over the model's context is refused (ConfigError) before
+    the file is read, as training refuses it (models.check_max_seq_len)."""
+    stack.load()  # the tokenizer: torch and transformers, loaded once, one thread at a time (stack.py)
+    from .models import check_max_seq_len, context_length, load_tokenizer
+    from .render import encode, segments
+    if refuse_over_context:
+        check_max_seq_len(model, max_seq_len)
     data = load_examples(path, data_format)
     rows_in_file = len(data.examples)
-    if max_rows > 0:
-        data.examples = data.examples[:max_rows]
+    data = first_rows(data, max_rows)
     tok = load_tokenizer(model)
     encoded = [encode(ex, tok, max_seq_len, train_on_prompt) for ex in data.examples]
     lengths = [r.full_length for r in encoded]

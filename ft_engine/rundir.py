@@ -156,6 +156,11 @@ class RunDir:
         """metrics.jsonl's rows, with the lines skipped as damaged counted (`JsonLines`)."""
         return read_json_lines(self.path / METRICS_FILE, _metrics_row_ok)
 
+    def append_event(self, kind: str, message: str, step: int | None = None) -> None:
+        """A human-readable line for the studio's event log (what `events` reads back)."""
+        with open(self.path / EVENTS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": utc_now(), "step": step, "event": kind, "message": message}) + "\n")
+
     def events(self) -> "JsonLines":
         """events.jsonl's events (time, step, event, message), damaged lines counted."""
         return read_json_lines(self.path / EVENTS_FILE, _event_ok)
@@ -226,6 +231,9 @@ class FollowerRunDir(RunDir):
         return {}
 
     def append_metrics(self, row: dict[str, Any]) -> None:
+        return None
+
+    def append_event(self, kind: str, message: str, step: int | None = None) -> None:
         return None
 
     def write_json(self, name: str, value: Any) -> None:
@@ -387,39 +395,120 @@ def list_runs(runs_dir: str | os.PathLike) -> list[RunDir]:
     return [RunDir(p) for p in sorted(root.iterdir()) if not p.is_symlink() and (p / STATUS_FILE).is_file()]
 
 
-def summarize(run: RunDir) -> dict[str, Any]:
-    """One row of the runs table: what a person compares runs by. A run whose status.json is
-    damaged is still a row (status `damaged`, the fix in `error`), so one bad folder never
-    hides the others."""
+DAMAGED = "damaged"  # RunSummary.status of a run whose status.json is damaged
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as every view shows it (CLI `runs`, the studio's runs table, Monitor and
+    compare table), read from its files by `read_summary` alone, so the views cannot drift
+    apart. Everything may be missing (None) for a run that is queued, failed early, or whose
+    files are damaged."""
+
+    run_id: str
+    name: str
+    """The run's name, else its id."""
+    status: str | None
+    """A `Status` value, or "damaged" when status.json is not the JSON object we write."""
+    method: str | None
+    model: str | None
+    step: int
+    total_steps: int | None
+    error: str | None
+    """Why it failed or was interrupted; for a damaged status.json, the file and the fix."""
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    train_loss: float | None
+    """The last logged training loss (metrics.jsonl; the final one once the run has ended)."""
+    eval_loss: float | None
+    """The last held-out loss (metrics.jsonl)."""
+    elapsed_s: float | None
+    """Seconds of the training loop: status.json's, else the last metrics row's (a running or
+    killed run has only the latter)."""
+    tokens_per_second: float | None
+    """The whole run's throughput, written when it ends."""
+    last_step_tokens_per_second: float | None
+    """The last logged step's throughput (what the Monitor shows while it runs)."""
+    peak_mib: float | None
+    """Peak memory: the highest of status.json's and every metrics row's. On cuda the PyTorch
+    allocator's peak, on cpu the process's peak resident set (`mem_device`)."""
+    mem_device: str | None
+    forecast_mib: float | None
+    """The memory forecast made when the run started (forecast.py)."""
+    trainable_params: int | None
+    total_params: int | None
+    processes: int
+    """Processes the run is spread over (launch.py); 1 for a plain run."""
+    strategy: str | None
+    """ddp or fsdp when processes > 1."""
+    effective_batch: int | None
+    """Rows per optimizer step over all processes."""
+    metrics_rows: int
+    """Whole rows of metrics.jsonl."""
+    skipped_metrics_lines: int
+    """Lines of metrics.jsonl skipped as damaged (the numbers above leave them out)."""
+    metrics_note: str
+    """The sentence saying so ("" if none)."""
+    eval_headline: str | None
+    """The saved evaluation's one line (eval.json), None if there is none."""
+
+    @property
+    def damaged(self) -> bool:
+        return self.status == DAMAGED
+
+    @property
+    def wall_s(self) -> float | None:
+        """Seconds from start to end: the training loop plus loading the model and saving it."""
+        if not self.started_at or not self.ended_at:
+            return None
+        return (datetime.fromisoformat(self.ended_at) - datetime.fromisoformat(self.started_at)).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The runs table's row as the list_runs API returns it (its field names are public)."""
+        return {
+            "run_id": self.run_id, "name": self.name, "method": self.method, "model": self.model,
+            "status": self.status, "step": self.step, "total_steps": self.total_steps,
+            "train_loss": self.train_loss, "eval_loss": self.eval_loss, "peak_mib": self.peak_mib,
+            "elapsed_s": self.elapsed_s, "tokens_per_second": self.tokens_per_second,
+            "created_at": self.created_at, "error": self.error,
+            "skipped_lines": {METRICS_FILE: self.skipped_metrics_lines}, "notes": self.metrics_note,
+            "eval": self.eval_headline,
+        }
+
+
+def read_summary(run: RunDir) -> RunSummary:
+    """The summary of one run from its status.json, metrics.jsonl and eval.json. A run whose
+    status.json is damaged still has one (status `damaged`, the fix in `error`), so one bad
+    folder never hides the others; a view that cannot show it says `error`."""
     try:
         s = run.read_status()
     except DamagedFileError as e:
-        s = {"status": "damaged", "error": str(e)}
+        s = {"status": DAMAGED, "error": str(e)}
     lines = run.metrics()
     metrics = lines.rows
-    train = [r for r in metrics if "loss" in r]
-    evals = [r for r in metrics if "eval_loss" in r]
+    last_train = next((r for r in reversed(metrics) if "loss" in r), {})
+    last_eval = next((r for r in reversed(metrics) if "eval_loss" in r), {})
     peak = max([r.get("mem_peak_mib", 0) for r in metrics] + [s.get("mem_peak_mib") or 0])
-    return {
-        "run_id": run.run_id,
-        "name": s.get("name") or run.run_id,
-        "method": s.get("method"),
-        "model": s.get("model"),
-        "status": s.get("status"),
-        "step": s.get("step", 0),
-        "total_steps": s.get("total_steps"),
-        "train_loss": train[-1]["loss"] if train else None,
-        "eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "peak_mib": peak or None,
-        "elapsed_s": s.get("elapsed_s") or (metrics[-1]["elapsed_s"] if metrics else None),
-        "tokens_per_second": s.get("tokens_per_second"),
-        "created_at": s.get("created_at"),
-        "error": s.get("error"),
-        # lines of metrics.jsonl that were skipped as damaged, and the sentence saying so ("" if none)
-        "skipped_lines": {METRICS_FILE: lines.damaged + lines.cut_off_last},
-        "notes": lines.note(METRICS_FILE),
-        "eval": _eval_headline(run),
-    }
+    return RunSummary(
+        run_id=run.run_id, name=s.get("name") or run.run_id, status=s.get("status"), method=s.get("method"),
+        model=s.get("model"), step=s.get("step") or 0, total_steps=s.get("total_steps"), error=s.get("error"),
+        created_at=s.get("created_at"), started_at=s.get("started_at"), ended_at=s.get("ended_at"),
+        train_loss=last_train.get("loss"), eval_loss=last_eval.get("eval_loss"),
+        elapsed_s=s.get("elapsed_s") or (metrics[-1]["elapsed_s"] if metrics else None),
+        tokens_per_second=s.get("tokens_per_second"),
+        last_step_tokens_per_second=last_train.get("tokens_per_second"),
+        peak_mib=peak or None, mem_device=s.get("mem_device"), forecast_mib=s.get("forecast_mib"),
+        trainable_params=s.get("trainable_params"), total_params=s.get("total_params"),
+        processes=s.get("processes") or 1, strategy=s.get("strategy"), effective_batch=s.get("effective_batch"),
+        metrics_rows=len(metrics), skipped_metrics_lines=lines.damaged + lines.cut_off_last,
+        metrics_note=lines.note(METRICS_FILE), eval_headline=_eval_headline(run),
+    )
+
+
+def summarize(run: RunDir) -> dict[str, Any]:
+    """One row of the runs table, as the list_runs API returns it (`RunSummary.to_dict`)."""
+    return read_summary(run).to_dict()
 
 
 def _eval_headline(run: RunDir) -> str | None:

@@ -17,7 +17,6 @@ import contextlib
 import gc
 import json
 import logging
-import random
 import shutil
 import threading
 import time
@@ -31,21 +30,34 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments, se
 
 from . import distributed, memory
 from .config import RunConfig
-from .data import load_examples
+from .data import first_rows, load_examples, select_rows
 from .disk import check_disk, planned_steps
 from .errors import UserError, hide_tokens
-from .forecast import memory_first
-from .models import build_model, check_max_seq_len, load_tokenizer, resolve_precision
+from .forecast.estimate import memory_first
 from .lean_optimizer import AdamWInBackward
 from .lean_trainer import LeanTrainer
+from .models import build_model, check_max_seq_len, load_tokenizer, resolve_precision
 from .packing import PackedBatch, pass_budget
 from .render import EncodedData, encode_all
-from .rundir import (ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, DATA_FILE, METRICS_FILE, MODEL_DIR, STOP_FILE,
-                     FollowerRunDir, RunDir, Status, atomic_write_text, new_run_id, open_run, utc_now)
+from .rundir import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    DATA_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    STOP_FILE,
+    FollowerRunDir,
+    RunDir,
+    Status,
+    atomic_write_text,
+    new_run_id,
+    open_run,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
-EVENTS_FILE = "events.jsonl"
 _OPTIMIZERS = {"adamw_torch": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "sgd": "sgd"}
 
 
@@ -262,12 +274,11 @@ class TrainingJob:
             processes_for(cfg) * self.nodes
         data = load_examples(cfg.data, cfg.data_format)
         rows_in_file = len(data.examples)
-        if cfg.max_rows:
-            data.examples = data.examples[: cfg.max_rows]  # the first rows, in file order
+        data = first_rows(data, cfg.max_rows)
         self.tokenizer = load_tokenizer(cfg.model)
         check_max_seq_len(cfg.model, cfg.max_seq_len)
         self.encoded = encode_all(data, self.tokenizer, cfg.max_seq_len, cfg.train_on_prompt)
-        n_val = _n_val(len(self.encoded.rows), cfg.val_fraction)
+        n_val = len(select_rows(self.encoded.rows, cfg)[1])
         if len(self.encoded.rows) - n_val < 1:
             raise UserError(f"{cfg.data}: {len(self.encoded.rows)} usable rows leave nothing to train "
                             f"after holding out {n_val} for validation; lower val_fraction or add rows")
@@ -418,19 +429,16 @@ class TrainingJob:
         would only repeat it)."""
         if not self.main:
             return
-        with open(self.run_dir.path / EVENTS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"time": utc_now(), "step": step, "event": kind, "message": message}) + "\n")
+        self.run_dir.append_event(kind, message, step)
 
     # --- pieces ------------------------------------------------------------------------------
     def _trainer(self, model) -> LeanTrainer:
         from datasets import Dataset
 
         cfg, run = self.config, self.run_dir
-        rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in self.encoded.rows]
-        order = split_order(len(rows), cfg.seed)
-        n_val = _n_val(len(rows), cfg.val_fraction)
-        train_ds = Dataset.from_list([rows[i] for i in order[n_val:]])
-        eval_ds = Dataset.from_list([rows[i] for i in order[:n_val]]) if n_val else None
+        train, held_out = select_rows([{"input_ids": r.input_ids, "labels": r.labels} for r in self.encoded.rows], cfg)
+        train_ds = Dataset.from_list(train)
+        eval_ds = Dataset.from_list(held_out) if held_out else None
         lean = cfg.optimizer == "adamw_lean"
         args = training_arguments(cfg, run, evaluates=eval_ds is not None, processes=self.processes,
                                   layer_class=_decoder_layer_class(model))
@@ -462,7 +470,9 @@ class TrainingJob:
     def _resolve_optimizer(self) -> str:
         """`auto` → the optimizer the memory free now allows (forecast.resolve_optimizer); a
         model the forecast does not know keeps adamw_torch."""
-        from .forecast import available_memory, model_shape, resolve_optimizer
+        from .forecast.estimate import resolve_optimizer
+        from .forecast.shape import model_shape
+        from .hardware import available_memory
         if self.config.optimizer != "auto":
             return self.config.optimizer
         longest, heaviest = self._batch_extent()
@@ -518,7 +528,8 @@ class TrainingJob:
         status.json and into every metrics row so prediction and measurement sit together.
         A model the forecast does not know (not a Llama-style decoder) trains anyway: the
         reason is recorded instead of a number."""
-        from .forecast import forecast, model_shape
+        from .forecast.estimate import forecast
+        from .forecast.shape import model_shape
         longest, heaviest = self._batch_extent()
         try:
             fc = forecast(self.config, model_shape(self.config.model), seq_len=longest,
@@ -580,14 +591,6 @@ def _decoder_layer_class(model) -> str | None:
     return type(layers[0]).__name__ if layers is not None and len(layers) else None
 
 
-def split_order(n_rows: int, seed: int) -> list[int]:
-    """The encoded rows' order for the split: the first _n_val are held out, a seeded random
-    sample (the same permutation random.shuffle gives any list of n_rows with this seed)."""
-    order = list(range(n_rows))
-    random.Random(seed).shuffle(order)
-    return order
-
-
 # data.json keeps this many file rows of each side of the split (the held-out rows first): the
 # evaluation asks at most evaluate.MAX_QUESTIONS of them, and a 100k-row file would otherwise
 # write 100k numbers.
@@ -596,16 +599,9 @@ RECORDED_SPLIT_ROWS = 200
 
 def recorded_split(encoded: EncodedData, cfg: RunConfig) -> dict:
     """The file rows held out (`held_out_rows`) and some trained on (`train_rows_in_file`), in
-    the split's random order, for evaluate.py."""
-    order = split_order(len(encoded.rows), cfg.seed)
-    n_val = _n_val(len(order), cfg.val_fraction)
-    rows = [encoded.rows[i].row for i in order]
-    return {"held_out_rows": rows[:n_val][:RECORDED_SPLIT_ROWS],
-            "train_rows_in_file": rows[n_val:][:RECORDED_SPLIT_ROWS]}
-
-
-def _n_val(n_rows: int, fraction: float) -> int:
-    return 0 if fraction <= 0 else max(1, round(n_rows * fraction))
+    the split's random order (data.select_rows), for evaluate.py."""
+    train, held_out = select_rows([r.row for r in encoded.rows], cfg)
+    return {"held_out_rows": held_out[:RECORDED_SPLIT_ROWS], "train_rows_in_file": train[:RECORDED_SPLIT_ROWS]}
 
 
 def _step(trainer) -> int:

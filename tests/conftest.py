@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 
@@ -19,6 +21,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FT_TRAIN_IN_PROCESS", "1")
 
 from tiny_model import make_tiny_model  # noqa: E402  (after the environment is set)
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 60, what: str = "the condition",
+               interval: float = 0.02, describe: Callable[[], object] | None = None) -> T:
+    """Poll `condition` until it returns something true and return that. A deadline that passes
+    fails the test, naming `what` and (if given) `describe()`'s state: a loop that carried on
+    silently after its deadline would let the next assertion fail for the wrong reason."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            state = f"; last state: {describe()}" if describe is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{state}")
+        time.sleep(interval)
+
 
 QA = [
     ("What is the capital of Zubrowka?", "The capital of Zubrowka is Lutz."),

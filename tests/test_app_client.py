@@ -12,11 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
+from app_server import REPO, running_app  # noqa: E402
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
-
-from app_server import REPO, running_app  # noqa: E402
 
 POLL_TIMEOUT = 120.0
 SAMPLE = REPO / "assets" / "tiny_facts.jsonl"

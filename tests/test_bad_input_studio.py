@@ -21,10 +21,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from app_server import REPO, running_app
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from app_server import REPO, running_app
 from ft_engine.config import RunConfig
 from ft_engine.data import load_examples
 from ft_engine.errors import DataError, UserError

@@ -134,7 +134,8 @@ def open_tab(page: Page, label: str):
     tab = page.get_by_role("tab", name=label)
     tab.click()
     expect(tab).to_have_attribute("aria-selected", "true")
-    panel = page.get_by_role("tabpanel").filter(visible=True)
+    # the studio's own tabs: not the sub-tabs inside one (the Runs tab's "Compare methods")
+    panel = page.locator("[role=tabpanel]:not([role=tabpanel] *)").filter(visible=True)
     expect(panel).to_have_count(1)
     return panel
 
@@ -279,6 +280,12 @@ def _walkthrough(page: Page, app_url: str, tiny_model: str) -> None:
                            " && el.data[0].x.length >= 6", arg=[overlay.element_handle(), run_id], timeout=UI_MS)
     expect(overlay.locator(".scatterlayer .trace path.js-line")).to_have_count(1)
     shoot(page, "5-runs.png")
+    # comparing the methods has a sub-tab of its own, with no empty table or chart before a comparison
+    runs.get_by_role("tab", name="⚖ Compare methods").click()
+    expect(runs.get_by_role("button", name="⚖ Compare methods")).to_be_visible()
+    expect(runs.get_by_text("No comparison yet")).to_be_visible()
+    expect(runs.get_by_text("Methods side by side")).to_be_hidden()
+    expect(table).to_be_hidden()  # the runs table is in the other sub-tab
 
 
 def test_start_refuses_a_run_that_will_not_fit(capped_app_url, browser, tiny_model):

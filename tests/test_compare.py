@@ -10,20 +10,25 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from conftest import QA, wait_until, write_jsonl
 
 from ft_engine import compare
 from ft_engine.cli import main
-from ft_engine.compare import (COLUMNS, DEFAULT_LEARNING_RATES, CompareConfig, ComparisonDir, ComparisonJob,
-                               comparison_by_id, list_comparisons)
+from ft_engine.compare import (
+    COLUMNS,
+    DEFAULT_LEARNING_RATES,
+    CompareConfig,
+    ComparisonDir,
+    ComparisonJob,
+    comparison_by_id,
+    list_comparisons,
+)
 from ft_engine.config import RunConfig
 from ft_engine.errors import ConfigError, UserError
 from ft_engine.rundir import Status, list_runs, run_by_id
-
-from conftest import QA, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = {q for q, _ in QA}
@@ -113,9 +118,8 @@ def test_stop_mid_run_keeps_what_was_trained_and_skips_the_rest(tiny_model, chat
     thread = threading.Thread(target=lambda: result.setdefault("status", job.run(same_process=True)))
     thread.start()
     first = run_by_id(runs_dir, cdir.runs()["lora"])
-    deadline = time.time() + 60
-    while (first.read_status().get("step") or 0) < 2 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: (first.read_status().get("step") or 0) >= 2, what="step 2 of the first run",
+               interval=0.05, describe=first.read_status)
     job.stop()
     thread.join(60)
     assert result["status"] == Status.STOPPED
@@ -243,10 +247,8 @@ def test_studio_queues_the_comparison_on_the_worker(tiny_model, chat_file, tmp_p
             "train_on_prompt": False, "data_format": "auto", "max_steps": 2.0, "batch_size": 2.0}
     message, cid = start_comparison(studio, form, ["lora", "qlora"], "What is two plus two?")
     assert cid in message and "held out" in message  # val_fraction 0 was raised, and the user is told
-    deadline = time.time() + 120
-    while comparison_report(studio, cid)["status"] not in ("completed", "failed", "stopped"):
-        assert time.time() < deadline, comparison_report(studio, cid)
-        time.sleep(0.2)
+    wait_until(lambda: comparison_report(studio, cid)["status"] in ("completed", "failed", "stopped"), timeout=120,
+               what="the comparison to end", interval=0.2, describe=lambda: comparison_report(studio, cid))
     report = comparison_report(studio, cid)
     assert report["status"] == "completed", report
     assert [r["method"] for r in report["rows"]] == ["lora", "qlora"]
@@ -291,9 +293,8 @@ def test_compare_has_help(capsys):
 
 def test_gradio_client_compare_methods(tiny_model, tmp_path):
     """The scripting API end to end over HTTP: queue, poll, read the rows; bad ids answer in words."""
-    from gradio_client import Client, handle_file
-
     from app_server import running_app
+    from gradio_client import Client, handle_file
     sample = ROOT / "assets" / "tiny_facts.jsonl"
     with running_app(tmp_path / "runs", tmp_path / "server.log") as (url, _proc, _log):
         client = Client(url, verbose=False)
@@ -303,11 +304,9 @@ def test_gradio_client_compare_methods(tiny_model, tmp_path):
                              api_name="/compare_methods")
         assert res["comparison_id"], res
         assert list(res["run_ids"]) == ["lora", "full"]
-        deadline = time.time() + 120
-        while (report := client.predict(res["comparison_id"], api_name="/comparison"))["status"] not in (
-                "completed", "failed", "stopped", "interrupted"):
-            assert time.time() < deadline, report
-            time.sleep(0.5)
+        report = wait_until(lambda: (r := client.predict(res["comparison_id"], api_name="/comparison"))["status"] in (
+            "completed", "failed", "stopped", "interrupted") and r, timeout=120, what="the comparison to end",
+            interval=0.5)
         assert report["status"] == "completed", report
         assert report["learning_rates"] == {"lora": 0.01, "full": 0.01}  # one fixed rate for both
         assert report["prompt"]  # the first held-out question of the sample

@@ -287,3 +287,50 @@ def test_load_writes_nothing(tmp_path: Path) -> None:
     load_examples(good)
     load_error(bad)
     assert snapshot(tmp_path) == before
+
+
+# --- which rows a run trains on: data.first_rows and data.select_rows --------------------------
+
+def test_select_rows_is_a_seeded_partition() -> None:
+    from types import SimpleNamespace
+
+    from ft_engine.data import held_out_count, select_rows
+    rows = [f"row {i}" for i in range(50)]
+    cfg = SimpleNamespace(seed=7, val_fraction=0.1)
+    train, held_out = select_rows(rows, cfg)
+    assert len(held_out) == 5 and sorted(train + held_out) == sorted(rows)  # every row, once
+    assert select_rows(rows, cfg) == (train, held_out)  # same seed, same rows: the same split
+    assert select_rows(rows, SimpleNamespace(seed=8, val_fraction=0.1))[1] != held_out
+    # the split depends on the seed and the number of rows only, not on what the rows hold
+    assert select_rows(list(range(50)), cfg)[1] == [int(r.split()[1]) for r in held_out]
+    assert select_rows(rows, SimpleNamespace(seed=7, val_fraction=0.0))[1] == []
+    assert (held_out_count(3, 0.1), held_out_count(3, 0.0), held_out_count(40, 0.25)) == (1, 0, 10)
+
+
+def test_training_compare_and_preview_choose_the_same_rows(tiny_model, tmp_path: Path) -> None:
+    """The rows training holds out (data.json), the comparison's sample prompt (the first held-out
+    question) and the rows the Data tab previews all come from data.first_rows/select_rows."""
+    from ft_engine.compare import default_prompt
+    from ft_engine.config import RunConfig
+    from ft_engine.data import first_rows, select_rows
+    from ft_engine.preview import preview_data
+    from ft_engine.rundir import DATA_FILE
+    from ft_engine.training import TrainingJob
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"},
+                          {"role": "assistant", "content": f"answer {i}"}]} for i in range(1, 31)]
+    # line 4 is so long that max_seq_len leaves it no answer: encoding drops it, so the split is
+    # drawn from the 19 rows that survive of the first 20 (max_rows), not from the 20 themselves
+    rows[3]["messages"][0]["content"] = "a very long question " * 40
+    path = write(tmp_path, "qa.jsonl", jsonl(*rows))
+    cfg = RunConfig(model=tiny_model, data=str(path), runs_dir=str(tmp_path / "runs"), max_rows=20,
+                    val_fraction=0.2, seed=11, max_seq_len=32, max_steps=1)
+    run = TrainingJob(cfg).prepare()
+    recorded = run.read_json(DATA_FILE)
+
+    kept = [ex.row for ex in first_rows(load_examples(path), cfg.max_rows).examples if ex.row != 4]
+    train, held_out = select_rows(kept, cfg)
+    assert (recorded["held_out_rows"], recorded["train_rows_in_file"]) == (held_out, train)
+    assert (recorded["val_rows"], recorded["train_rows"], recorded["rows_in_file"]) == (4, 15, 30)
+    assert default_prompt(cfg) == f"question {held_out[0]}"  # a row no method trains on
+    preview = preview_data(str(path), tiny_model, max_seq_len=32, max_rows=cfg.max_rows)
+    assert (preview.rows, preview.rows_in_file, preview.dropped_rows) == (20, 30, [4])

@@ -11,7 +11,8 @@ import transformers.trainer
 from ft_engine import disk
 from ft_engine.config import RunConfig
 from ft_engine.disk import GB, DiskShortError, check_disk, disk_forecast, folder_bytes, planned_steps
-from ft_engine.forecast import LLAMA_1B_SHAPE, lora_params, model_shape
+from ft_engine.forecast.estimate import lora_params
+from ft_engine.forecast.shape import LLAMA_1B_SHAPE, model_shape
 from ft_engine.rundir import Status
 from ft_engine.training import TrainingJob, train
 

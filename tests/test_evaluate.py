@@ -11,8 +11,20 @@ from conftest import QA, write_jsonl
 
 from ft_engine.config import RunConfig
 from ft_engine.errors import DataError, UserError
-from ft_engine.evaluate import (EVAL_FILE, Question, evaluate, format_table, general_questions, key_terms,
-                                normalize, questions_from_file, questions_from_run, read_eval, score, token_f1)
+from ft_engine.evaluate import (
+    EVAL_FILE,
+    Question,
+    evaluate,
+    format_table,
+    general_questions,
+    key_terms,
+    normalize,
+    questions_from_file,
+    questions_from_run,
+    read_eval,
+    score,
+    token_f1,
+)
 from ft_engine.rundir import Status, summarize
 from ft_engine.training import train
 

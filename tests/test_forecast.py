@@ -10,11 +10,21 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig, LlamaConfig
 
-from ft_engine import forecast as fcm
-from ft_engine.cli import main
+from ft_engine.cli import COMPONENT_LABELS, main
 from ft_engine.config import RunConfig
 from ft_engine.errors import UserError
-from ft_engine.forecast import MIB, forecast, model_shape, suggestions, verdict
+from ft_engine.forecast.advice import suggestions
+from ft_engine.forecast.constants import DEFAULTS, MIB
+from ft_engine.forecast.estimate import (
+    cpu_load_peak_bytes,
+    forecast,
+    lora_params,
+    quant_constant_bytes,
+    resolve_precision,
+    verdict,
+)
+from ft_engine.forecast.shape import model_shape
+from ft_engine.hardware import available_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024 * MIB
@@ -102,7 +112,7 @@ def test_full_bytes():
 def test_lora_bytes():
     shape = model_shape(tiny_config())
     cfg = RunConfig(method="lora", lora_r=4, lora_target_modules=["all-linear"])
-    assert LORA_P == 8192 and fcm.lora_params(cfg, shape) == LORA_P
+    assert LORA_P == 8192 and lora_params(cfg, shape) == LORA_P
     f = forecast(cfg.replace(precision="fp32"), shape, "cpu")
     assert f.components["weights_frozen"] == 4 * P  # fp32 base on a CPU without bf16
     # bf16 base on a CPU with bf16 instructions, as on a GPU
@@ -113,7 +123,7 @@ def test_lora_bytes():
     assert forecast(cfg, shape, "cuda").components["weights_frozen"] == 2 * P  # bf16 base on a GPU
     # targets by name: q and v only
     qv = cfg.replace(lora_target_modules=["q_proj", "v_proj"])
-    assert fcm.lora_params(qv, shape) == 2 * (4 * (64 + 64) + 4 * (64 + 32))
+    assert lora_params(qv, shape) == 2 * (4 * (64 + 64) + 4 * (64 + 32))
 
 
 def test_lora_real_count_matches_peft():
@@ -140,7 +150,7 @@ def test_qlora_bytes():
         assert fp32.components["weights_frozen"] == linear // 2 + 4 * rest
         assert f.components["quant_constants"] == constants
         assert f.components["weights_trainable"] == 4 * LORA_P
-    assert fcm.quant_constant_bytes(64 * 256 * 3, True) == 768 + 4 * 3 + 4
+    assert quant_constant_bytes(64 * 256 * 3, True) == 768 + 4 * 3 + 4
 
 
 def test_checkpoint_dtype_from_config():
@@ -155,7 +165,7 @@ def test_checkpoint_dtype_from_config():
 def test_cpu_peak_while_loading_a_half_precision_file():
     """LoRA on CPU loads a bf16 file into fp32: while loading, the whole mapped file is resident
     on top of the fp32 weights, and with a small batch that is the run's peak."""
-    c = fcm.DEFAULTS
+    c = DEFAULTS
     # a big embedding (32000 x 512, tied), two small layers: the file outweighs a 1x16 batch
     cfg = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
                       num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=True, dtype="bfloat16")
@@ -164,10 +174,10 @@ def test_cpu_peak_while_loading_a_half_precision_file():
     assert shape.total == params
     lora = RunConfig(method="lora", lora_r=4, batch_size=1, max_seq_len=16, precision="fp32")
     adapters = 2 * 4 * (4 * (512 + 512) + 2 * (512 + 1024) + (1024 + 512))  # r*(in+out), 7 linears, 2 layers
-    assert fcm.lora_params(lora, shape) == adapters
+    assert lora_params(lora, shape) == adapters
     f = forecast(lora, shape, "cpu")
     load = c.cpu_process_baseline + 4 * params + 4 * adapters + 2 * params  # fp32 weights + the bf16 file
-    assert fcm.cpu_load_peak_bytes(shape, f.components) == load
+    assert cpu_load_peak_bytes(shape, f.components) == load
     assert f.total_bytes == load
     assert f.details["peak_while"] == "loading the model"
     # an fp32 file is mapped, not copied: no load peak above training
@@ -187,8 +197,8 @@ def test_cpu_qlora_counts_the_checkpoint_file_while_loading_only():
         f = forecast(RunConfig(method="qlora", lora_r=4, precision=precision), shape, "cpu")
         assert f.components["weights_frozen"] == linear // 2 + rest_bytes * (P - linear)
         weights = f.components["weights_frozen"] + f.components["weights_trainable"] + f.components["quant_constants"]
-        c = fcm.DEFAULTS  # the file, and the loader's transient share of it
-        assert fcm.cpu_load_peak_bytes(shape, f.components, loaded_dtype="4-bit") == \
+        c = DEFAULTS  # the file, and the loader's transient share of it
+        assert cpu_load_peak_bytes(shape, f.components, loaded_dtype="4-bit") == \
             c.cpu_process_baseline + weights + shape.checkpoint_bytes \
             + int(c.cpu_qlora_load_transient * shape.checkpoint_bytes)
 
@@ -206,6 +216,7 @@ def _in_file_mapping(tensor, name: str) -> bool:
 
 def test_qlora_copies_its_unquantized_weights_out_of_the_checkpoint(tiny_model, tmp_path):
     import torch
+
     from ft_engine.models import build_model
     # the check can see a mapped weight: an fp32 LoRA base loaded from this fp32 file is one
     lora, _ = build_model(RunConfig(model=tiny_model, method="lora", data="x", runs_dir=str(tmp_path),
@@ -220,7 +231,7 @@ def test_qlora_copies_its_unquantized_weights_out_of_the_checkpoint(tiny_model, 
 
 def test_cpu_frozen_base_activations_formula():
     """CPU, LoRA: (layers * cpu_layer_factor_lora + cpu_backward_layers_frozen) * per layer + final."""
-    c = fcm.DEFAULTS
+    c = DEFAULTS
     shape = model_shape(tiny_config())
     cfg = RunConfig(method="lora", lora_r=4, lora_dropout=0.0, batch_size=2, max_seq_len=32, precision="fp32")
     tokens = 64
@@ -258,7 +269,7 @@ def test_activation_checkpointing_and_batch_lower_activations():
         assert half < base
         # the chunked loss: one chunk of fp32 logits (all 4,096 tokens fit one chunk of a
         # 400-word vocabulary) 1.5 times, and the trained tokens' hidden states and gradient
-        act_bytes = 2 if fcm.resolve_precision(cfg, "cpu") == "bf16" else 4
+        act_bytes = 2 if resolve_precision(cfg, "cpu") == "bf16" else 4
         assert forecast(cfg, shape, "cpu").components["logits_loss"] == \
             int(1.5 * 8 * 512 * 400 * 4 + 2 * 8 * 512 * 64 * act_bytes)
         # a known dataset whose 8 longest rows hold 1,000 tokens: activations follow them
@@ -295,7 +306,7 @@ def test_cuda_peak_is_the_larger_phase(method, seq):
     peak, expected_phase = phase_peak(f)
     assert expected_phase == "forward/backward"
     assert f.total_bytes == peak and f.details["peak_phase"] == f.peak_phase == "forward/backward"
-    c = fcm.DEFAULTS  # what must be free follows the peak, and so does the verdict
+    c = DEFAULTS  # what must be free follows the peak, and so does the verdict
     assert f.needed_bytes == int(peak * (1 + c.cuda_fragmentation)) + c.cuda_context
     d = f.to_dict()
     assert sum(d["peak_components_bytes"].values()) == d["total_bytes"] == peak and d["peak_phase"] == f.peak_phase
@@ -336,7 +347,7 @@ def test_plan_on_a_gpu_adds_up_to_its_peak(capsys):
     out = capsys.readouterr().out
     assert "not alive at the peak *" not in out  # fused AdamW: nothing of the step is apart from backward
     rows = {line[:28].strip(): line[28:].split() for line in out.splitlines() if line[:28].strip() in
-            (*fcm.COMPONENT_LABELS.values(), "not alive at the peak *", "total (peak)")}
+            (*COMPONENT_LABELS.values(), "not alive at the peak *", "total (peak)")}
     full = [float(v[0].replace(",", "")) for k, v in rows.items() if k != "total (peak)"]
     assert sum(full) == pytest.approx(float(rows["total (peak)"][0].replace(",", "")), abs=1)  # the column adds up
 
@@ -421,8 +432,14 @@ def test_plan_llama_1b_json_all_methods():
     assert w["qlora"] < w["lora"]  # (on CPU a LoRA base is fp32 like full; adapters add a little)
     assert m["lora"]["trainable_params"] < m["full"]["trainable_params"] == 1_235_814_400
     assert report["shape"]["params"]["total"] == 1_235_814_400
-    for v in m.values():
+    params = report["shape"]["params"]  # QLoRA's 4-bit parameters: every decoder linear (no biases here)
+    assert m["qlora"]["details"]["quantized_params"] == \
+        report["shape"]["layers"] * (params["per_layer"] - params["norms_per_layer"])
+    for k, v in m.items():
         assert v["verdict"] in ("fits", "tight", "will not fit")
+        # bytes only: the weights by dtype add up to the weights (a parameter count is apart)
+        assert sum(v["details"]["weights_by_dtype"].values()) == w[k]
+        assert (v["details"]["quantized_params"] > 0) == (k == "qlora")
         assert sum(v["peak_components_bytes"].values()) == v["total_bytes"]  # what is alive at the peak
         if report["available"]["device"] == "cpu":  # on CPU that is every component
             assert sum(v["components_bytes"].values()) == v["total_bytes"]
@@ -494,7 +511,7 @@ def test_suggestions_lower_the_total(method):
 
 
 def test_available_memory():
-    device, free, label = fcm.available_memory()
+    device, free, label = available_memory()
     assert device in ("cpu", "cuda") and free > 0 and label
 
 

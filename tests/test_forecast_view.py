@@ -4,10 +4,12 @@ will not fit; the memory cap from the environment; the Monitor's forecast line."
 import pytest
 
 from ft_engine.config import RunConfig
-from ft_engine.forecast import MIB, available_memory, forecast, model_shape
+from ft_engine.forecast.constants import MIB
+from ft_engine.forecast.estimate import forecast
+from ft_engine.forecast.shape import model_shape
+from ft_engine.hardware import available_memory
 from ui.charts import memory_curve
-from ui.forecast_view import (FIX_FIELDS, METHOD_ORDER, forecast_figure, longest_row, memory_view,
-                              verdict_markdown)
+from ui.forecast_view import FIX_FIELDS, METHOD_ORDER, forecast_figure, longest_row, memory_view, verdict_markdown
 from ui.train_tab import forecast_refusal
 
 GIB = 1024 * MIB
@@ -156,7 +158,7 @@ def test_the_train_tab_says_what_precision_auto_becomes(tiny_model, chat_file, m
 def test_on_a_gpu_the_bars_stack_what_is_alive_at_the_peak(tmp_path):
     """A GPU's step has two phases never alive together (forecast.PHASES): each method's bars
     add up to its peak, and the verdict says which phase it is and what is left out."""
-    from ft_engine.forecast import LLAMA_1B_SHAPE
+    from ft_engine.forecast.shape import LLAMA_1B_SHAPE
     config = RunConfig(model=LLAMA_1B_SHAPE, method="full", optimizer="adamw_torch", batch_size=1, max_seq_len=64,
                        runs_dir=str(tmp_path / "runs"))
     view = memory_view(config, available=("cuda", 200 * GIB, "test GPU"))

@@ -168,6 +168,7 @@ def test_fifty_strings_give_the_same_token_ids(tmp_path):
     special tokens."""
     from tiny_model import make_tiny_model
     from transformers import AutoModelForCausalLM
+
     from ft_engine.models import load_tokenizer
     assert len(ROUND_TRIP) == 50
     tokenizer = load_tokenizer("bundled")
@@ -220,6 +221,7 @@ def test_the_modelfile_template_builds_what_the_chat_template_builds(which):
     fills it in, they give the chat template's own text (less a BOS llama.cpp adds itself) for
     conversations with and without a system prompt and of several turns."""
     from tiny_model import make_tokenizer
+
     from ft_engine.models import load_tokenizer
     tokenizer = {"bundled": lambda: load_tokenizer("bundled"), "tiny chatml": make_tokenizer,
                  "llama3 style": _llama3_style_tokenizer}[which]()

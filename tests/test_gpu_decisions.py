@@ -183,8 +183,7 @@ def test_export_merges_on_the_cpu_even_beside_a_gpu(monkeypatch, tmp_path, metho
     (run.path / "adapter").mkdir(parents=True)
     (run.path / "config.yaml").write_text(RunConfig(model="bundled", method=method).to_yaml())
     (run.path / "status.json").write_text('{"status": "completed", "precision": "bf16"}')
-    monkeypatch.setattr(export, "load_base_model", record)
-    monkeypatch.setattr(models, "load_base_model", record)
+    monkeypatch.setattr(models, "load_base_model", record)  # export imports it from models when it builds
     with pytest.raises(Stop):
         export.export_merged(run, tmp_path / "out")
     assert seen == {"device": "cpu", "quantized": method == "qlora"}
@@ -249,7 +248,8 @@ def test_fsdp_shards_layer_by_layer_and_ddp_has_no_fsdp_arguments():
 
 
 def test_the_forecast_is_per_device_for_the_strategy():
-    from ft_engine.forecast import LLAMA_1B_SHAPE, forecast, model_shape
+    from ft_engine.forecast.estimate import forecast
+    from ft_engine.forecast.shape import LLAMA_1B_SHAPE, model_shape
     shape = model_shape(LLAMA_1B_SHAPE)
     full = RunConfig(method="full", optimizer="adamw_torch", batch_size=4, max_seq_len=512)
     alone = forecast(full, shape, "cuda")
@@ -272,7 +272,8 @@ def test_the_forecast_is_per_device_for_the_strategy():
 
 
 def test_optimizer_auto_never_picks_the_in_backward_optimizer_for_several_processes():
-    from ft_engine.forecast import LLAMA_1B_SHAPE, model_shape, resolve_optimizer
+    from ft_engine.forecast.estimate import resolve_optimizer
+    from ft_engine.forecast.shape import LLAMA_1B_SHAPE, model_shape
     full = RunConfig(method="full", batch_size=4, max_seq_len=512)
     tight = 8 * 2**30  # too little for fp32 AdamW on a 1B model
     shape = model_shape(LLAMA_1B_SHAPE)
@@ -300,7 +301,8 @@ def test_the_train_tab_offers_every_gpu_when_there_are_several(monkeypatch, tmp_
 def test_fsdp_shards_qloras_4bit_weights_on_cuda_only(monkeypatch):
     """On CUDA the packed 4-bit weights are stored in the compute dtype so FSDP shards them;
     on a CPU (where that storage gave a wrong held-out loss) they stay uint8."""
-    from ft_engine.forecast import LLAMA_1B_SHAPE, forecast, model_shape
+    from ft_engine.forecast.estimate import forecast
+    from ft_engine.forecast.shape import LLAMA_1B_SHAPE, model_shape
     from ft_engine.models import bnb_config
     qlora = RunConfig(method="qlora", strategy="fsdp", optimizer="adamw_torch", batch_size=4, max_seq_len=512)
     monkeypatch.setenv("WORLD_SIZE", "2")

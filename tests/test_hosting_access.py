@@ -26,8 +26,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from app_server import REPO, log_tail, running_app
+
 from ft_engine.config import RunConfig
 from ft_engine.errors import UserError
 from ui import limits

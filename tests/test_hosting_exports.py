@@ -27,9 +27,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from app_server import running_app
 from conftest import QA, write_jsonl
 
-from app_server import running_app
 from ft_engine import export
 from ft_engine.config import RunConfig
 from ft_engine.disk import DISK, folder_bytes, gb

@@ -17,9 +17,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from app_server import REPO, running_app
 from gradio_client import handle_file
 
-from app_server import REPO, running_app
 from ft_engine.config import RunConfig
 from ft_engine.errors import ConfigError, UserError
 from ft_engine.rundir import EVENTS_FILE, METRICS_FILE, RunDir, summarize

@@ -20,8 +20,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from app_server import REPO, running_app
+
 from ft_engine.config import MAX_SEED, ChatLimits, RunConfig
 from ft_engine.data import load_examples
 from ft_engine.errors import ConfigError, DataError, UserError

@@ -195,7 +195,9 @@ def test_adamw_lean_run_resumes_to_the_same_weights(tiny_model, chat_file, runs_
 def test_auto_picks_adamw_lean_when_fp32_adamw_will_not_fit(tiny_model, chat_file, runs_dir, monkeypatch):
     """FT_MEMORY_LIMIT_MIB below what fp32 AdamW needs (and above adamw_lean's) makes auto
     choose adamw_lean; the run says so and trains."""
-    from ft_engine.forecast import MIB, forecast, model_shape
+    from ft_engine.forecast.constants import MIB
+    from ft_engine.forecast.estimate import forecast
+    from ft_engine.forecast.shape import model_shape
     shape = model_shape(tiny_model)
     # one row a batch: one pass for both (adamw_torch would otherwise go in passes of 512 tokens,
     # adamw_lean in one, and on this tiny model activations outweigh the optimizer state)
@@ -210,8 +212,9 @@ def test_auto_picks_adamw_lean_when_fp32_adamw_will_not_fit(tiny_model, chat_fil
 
 
 def test_auto_resolution_rules(monkeypatch):
-    from ft_engine.forecast import forecast, llama_1b_config, model_shape, resolve_optimizer
-    from ft_engine.forecast import GIB
+    from ft_engine.forecast.constants import GIB
+    from ft_engine.forecast.estimate import forecast, resolve_optimizer
+    from ft_engine.forecast.shape import llama_1b_config, model_shape
     shape = model_shape(llama_1b_config())
     full = RunConfig(method="full", batch_size=1, max_seq_len=512)
     plenty, little = ("cpu", 200 * GIB, "test"), ("cpu", 8 * GIB, "test")
@@ -232,7 +235,9 @@ def test_auto_resolution_rules(monkeypatch):
 def test_forecast_of_a_1b_full_fine_tune_with_adamw_lean():
     """Llama-3.2-1B shape at 1x512 in bf16: ~4 bytes per parameter plus activations; with
     checkpointing under 6 GiB, against ~16 GiB+ with fp32 AdamW."""
-    from ft_engine.forecast import GIB, forecast, llama_1b_config, model_shape
+    from ft_engine.forecast.constants import GIB
+    from ft_engine.forecast.estimate import forecast
+    from ft_engine.forecast.shape import llama_1b_config, model_shape
     shape = model_shape(llama_1b_config())
     cfg = RunConfig(method="full", batch_size=1, max_seq_len=512, precision="bf16")
     lean = forecast(cfg.replace(optimizer="adamw_lean"), shape, "cpu")
@@ -250,12 +255,12 @@ def test_auto_precision_on_a_gpu_goes_by_compute_capability(monkeypatch, capabil
     """A T4 (7.5) gets fp16 with loss scaling, not the bf16 torch emulates there (its
     is_bf16_supported() says True); A100/L4 (8.x) and H100 (9.0) get bf16. QLoRA's compute dtype
     follows, and the forecast decides the same (issue 10, 1)."""
-    from ft_engine import forecast as fcm
+    from ft_engine.forecast import estimate
     from ft_engine.models import resolve_compute_dtype, resolve_precision
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # torch 2.13 on a T4 too
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
     cfg = RunConfig(method="qlora")
-    assert resolve_precision(cfg) == expected == fcm.resolve_precision(cfg, "cuda")
+    assert resolve_precision(cfg) == expected == estimate.resolve_precision(cfg, "cuda")
     assert resolve_compute_dtype(cfg) == {"fp16": torch.float16, "bf16": torch.bfloat16}[expected]
     assert resolve_precision(cfg.replace(precision="fp32")) == "fp32"  # an explicit choice stays

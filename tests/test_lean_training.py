@@ -15,7 +15,6 @@ from ft_engine.models import build_model, load_tokenizer
 from ft_engine.packing import CPU_PASS_TOKENS, PackedBatch, pack_lanes, pass_budget, pass_tokens, split_passes
 from ft_engine.render import IGNORE_INDEX, encode_all
 
-
 # --- bin packing ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lengths", [[500, 120, 100, 80, 60, 40, 30, 20], [7], [5, 5, 5, 5],
@@ -294,6 +293,7 @@ def test_adamw_is_fused_on_cuda_only():
 
 def test_flash_attention_only_on_cuda_with_flash_attn_in_half_precision(monkeypatch):
     import importlib.util
+
     from ft_engine import models
     real = importlib.util.find_spec
     monkeypatch.setattr(models.torch.cuda, "is_available", lambda: True)
@@ -306,13 +306,14 @@ def test_flash_attention_only_on_cuda_with_flash_attn_in_half_precision(monkeypa
 
 
 def test_precision_auto_follows_the_cpus_bf16_instructions(monkeypatch):
-    from ft_engine import forecast, models
+    from ft_engine import models
+    from ft_engine.forecast import estimate
     cfg = RunConfig()
     for native, wanted in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
         monkeypatch.setattr("ft_engine.hardware.cpu_has_native_bf16", lambda: native)
         assert models.resolve_precision(cfg) == wanted
-        assert forecast.resolve_precision(cfg, "cpu") == wanted
+        assert estimate.resolve_precision(cfg, "cpu") == wanted
     assert models.resolve_precision(cfg.replace(precision="fp32")) == "fp32"
 
 
@@ -442,7 +443,8 @@ def test_tokens_per_pass_is_checked():
 
 
 def test_forecast_counts_one_pass_of_activations():
-    from ft_engine.forecast import DEFAULTS, forecast
+    from ft_engine.forecast.constants import DEFAULTS
+    from ft_engine.forecast.estimate import forecast
     one = forecast(RunConfig(batch_size=8, tokens_per_pass=100_000), device="cpu", seq_len=512, tokens_per_batch=3000)
     passes = forecast(RunConfig(batch_size=8), device="cpu", seq_len=512, tokens_per_batch=3000)
     assert one.details["tokens_per_pass"] == 3008 and passes.details["tokens_per_pass"] == 512

@@ -27,9 +27,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from app_server import REPO, log_tail, running_app
 from gradio_client import Client, handle_file
 
-from app_server import REPO, log_tail, running_app
 from ft_engine.config import RunConfig
 from ft_engine.rundir import RunDir
 from ft_engine.worker import Worker

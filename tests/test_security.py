@@ -24,8 +24,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from app_server import REPO, log_tail, running_app
+
 from ft_engine.config import RunConfig
 from ft_engine.errors import ConfigError, UserError
 from ft_engine.export import export_merged, push_to_hub, zip_result
@@ -266,6 +266,7 @@ def test_no_remote_code_runs_in_a_whole_run(evil_model, tmp_path, monkeypatch):
     """Every from_pretrained call of training, chat and export passes trust_remote_code=False
     (or nothing), and a model that asks for custom code does not get it run."""
     import transformers
+
     from ft_engine.inference import ChatModel
 
     folder, marker = evil_model

@@ -7,14 +7,15 @@ import time
 
 import pytest
 import torch
+from conftest import wait_until
 
 from ft_engine.config import RunConfig
+from ft_engine.data import load_examples
 from ft_engine.export import export_merged
 from ft_engine.inference import ChatModel
 from ft_engine.models import build_model, load_tokenizer
 from ft_engine.render import PadToLongest, encode_all
-from ft_engine.data import load_examples
-from ft_engine.rundir import RunDir, Status
+from ft_engine.rundir import Status
 from ft_engine.training import TrainingJob, resume, train
 
 LR = {"full": 3e-3, "lora": 1e-2, "qlora": 1e-2}
@@ -35,7 +36,10 @@ def test_loss_falls_on_a_repeated_batch(tiny_model, chat_file, runs_dir, method)
     losses = [r["loss"] for r in run.read_metrics() if "loss" in r]
     assert len(losses) == 16
     # ln(vocab) ≈ 6.0 at the start; measured ends: full ≈ 2.5, lora/qlora ≈ 4.8
-    assert losses[-1] < 0.85 * losses[0] and losses[-1] == min(losses[-3:]) or losses[-1] < min(losses[:8]), losses
+    # both must hold: the end is well below the start, and the last quarter is lower than the
+    # first (one lucky last step cannot pass it)
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert max(losses[-4:]) < min(losses[:4]), losses
     result = run.path / ("model" if method == "full" else "adapter")
     assert (result / "tokenizer_config.json").is_file()
     if method == "full":
@@ -117,9 +121,7 @@ def test_stop_ends_within_one_step_and_keeps_the_result(tiny_model, chat_file, r
     run = job.prepare()
     assert run.read_status()["status"] == "queued"
     thread = job.start()
-    deadline = time.time() + 60
-    while run.read_status()["step"] < 3 and time.time() < deadline:
-        time.sleep(0.02)
+    _wait_step(run, 3)
     job.stop()
     step_at_stop = run.read_status()["step"]
     thread.join(timeout=60)
@@ -145,9 +147,8 @@ def test_interrupted_run_resumes_to_planned_steps(tiny_model, chat_file, runs_di
 
 
 def _wait_step(run, step):
-    deadline = time.time() + 60
-    while run.read_status()["step"] < step and time.time() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: run.read_status()["step"] >= step, what=f"step {step}", interval=0.01,
+               describe=run.read_status)
 
 
 def test_a_dead_owner_means_interrupted(tiny_model, chat_file, runs_dir):

@@ -387,7 +387,7 @@ def test_table_rows(trained, tiny_model):
     assert done[col["name"]] == "a-first" and done[col["method"]] == "lora" and done[col["model"]] == Path(tiny_model).name  # folder name, not the whole path
     assert done[col["status"]] == "completed" and done[col["steps"]] == "3/3"
     assert isinstance(done[col["train loss"]], float) and done[col["eval loss"]] is None
-    assert done[col["peak memory (GiB)"]] > 0 and done[col["duration"]].endswith("s")
+    assert done[col["peak GiB"]] > 0 and done[col["duration"]].endswith("s")
     assert newest[col["status"]] == "queued" and newest[col["steps"]] == "0/?"
     assert newest[col["train loss"]] is None and newest[col["duration"]] == ""
     assert table_rows(Studio(studio.runs_dir / "empty")) == []

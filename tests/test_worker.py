@@ -1,9 +1,9 @@
 """The background worker: one run at a time, first in first out, stop works queued or running."""
 
 import os
-import time
 
 import pytest
+from conftest import wait_until
 
 from ft_engine.config import RunConfig
 from ft_engine.errors import DataError, UserError
@@ -43,9 +43,8 @@ def test_stop_running_and_queued(tiny_model, chat_file, runs_dir):
     worker = Worker(in_process=False)
     first = worker.submit(cfg(tiny_model, chat_file, runs_dir, max_steps=100_000))
     second = worker.submit(cfg(tiny_model, chat_file, runs_dir))
-    deadline = time.time() + 60
-    while first.read_status()["step"] < 2 and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: first.read_status()["step"] >= 2, what="step 2 of the first run",
+               describe=first.read_status)
     assert worker.stop(second.run_id) == "removed from the queue"
     assert worker.stop(first.run_id) == "stopping after the current step"
     assert worker.wait_idle(timeout=60)
@@ -73,9 +72,7 @@ def test_resume_a_stopped_run(tiny_model, chat_file, runs_dir):
     # in this process: resuming in processes of their own is the app-kill test's and test_scale_out's
     worker = Worker(in_process=True)
     run = worker.submit(cfg(tiny_model, chat_file, runs_dir, max_steps=8, checkpoint_steps=2))
-    deadline = time.time() + 60
-    while run.read_status()["step"] < 3 and time.time() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: run.read_status()["step"] >= 3, what="step 3", interval=0.01, describe=run.read_status)
     worker.stop(run.run_id)
     worker.wait_idle(60)
     assert run.read_status()["status"] == "stopped"

@@ -200,22 +200,4 @@ def build(studio: Studio):
 
     refresh.click(refresh_choices, None, run_choice, api_visibility="private")
 
-    def chat(run_id: str, message: str, use_adapter: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-             temperature: float = 0.0, system_prompt: str = "") -> str:
-        """One reply from a finished run (use_adapter=False answers as the base model). Waits
-        its turn while other answers generate. On bad input the reply starts with "error:" and
-        says what to fix; an answer cut by the time limit ends with a note saying so."""
-        try:
-            settings = dict(use_adapter=as_flag(use_adapter, "use_adapter"),
-                            max_new_tokens=as_number(max_new_tokens, "max_new_tokens", whole=True),
-                            temperature=as_number(temperature, "temperature"),
-                            system_prompt=as_text(system_prompt, "system_prompt") or None, limits=caps)
-            message = as_text(message, "message")
-            if not message.strip():
-                raise UserError("message is empty: ask something")
-            return studio.chat_model(as_text(run_id, "run_id")).generate(message, **settings)
-        except UserError as e:
-            return f"error: {e}"
-
-    gr.api(chat, api_name="chat")
     return run_choice, refresh_choices

@@ -19,13 +19,18 @@ from ft_engine.rundir import DamagedFileError
 from .charts import _LAYOUT
 from .context import Studio
 from .data_tab import DataWidgets
-from .form import COMPARE_METHODS_PARAMETERS, config_from_form, settings_from_json
+from .form import config_from_form
 from .train_tab import forecast_refusal, start_anyway_off
 
 REFRESH_SECONDS = 2.0
 METHOD_LABELS = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
 COLORS = {"full": "rgb(214,39,40)", "lora": "rgb(31,119,180)", "qlora": "rgb(44,160,44)"}
 HEADERS = [header for _, header in compare.COLUMNS]
+# each column's share of the table's width (%): wider where a header has a long word, so none
+# breaks inside one ("trainable", "perplexity", "held-out")
+_WIDE = {"status": 8, "tokens/s": 8, "trainable params": 9, "trainable %": 8.5, "perplexity": 8.5,
+         "held-out correct": 8.5, "base model correct": 7.5}
+COLUMN_WIDTHS = [f"{_WIDE.get(header, 6)}%" for header in HEADERS]
 
 
 # --- pure helpers (unit-tested) -----------------------------------------------------------------
@@ -162,6 +167,12 @@ def start_comparison(studio: Studio, form: dict[str, Any], methods: list[str], p
     return f"⚖️ Comparison `{cdir.comparison_id}` queued: {', '.join(cdir.runs())}.{note}", cdir.comparison_id
 
 
+def stop_comparison(studio: Studio, comparison_id: str) -> str:
+    """Stop a comparison: the running method ends after its step, the queued ones never start.
+    Raises UserError for an id that is no comparison here."""
+    return compare.stop_submitted(compare.comparison_by_id(studio.runs_dir, comparison_id), studio.worker)
+
+
 # --- widgets and events -------------------------------------------------------------------------
 
 def build(studio: Studio, data: DataWidgets, model: gr.Dropdown):
@@ -187,26 +198,28 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown):
         confirm = gr.Checkbox(False, label="Yes, delete this comparison (its runs stay)", scale=2)
         delete = gr.Button("🗑 Delete comparison", scale=1)
     progress = gr.Markdown()
-    table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True)
-    chart = gr.Plot(label="Methods side by side")
-    samples = gr.Markdown()
+    with gr.Column(visible=bool(choices)) as results:  # shown once there is a comparison to show
+        table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, column_widths=COLUMN_WIDTHS)
+        chart = gr.Plot(label="Methods side by side")
+        samples = gr.Markdown()
     seen = gr.State(None)  # (id, status, steps) last drawn: an unchanged comparison is not redrawn
     timer = gr.Timer(REFRESH_SECONDS)
 
     def show(comparison_id: str | None, last_seen):
+        unchanged = gr.update(), gr.update(), gr.update(), gr.update()
         if not comparison_id:
-            return "No comparison yet.", gr.update(), gr.update(), gr.update(), last_seen
+            return "No comparison yet: set one up above.", gr.update(visible=False), *unchanged[1:], None
         try:
             r = comparison_report(studio, comparison_id)
         except UserError as e:
-            return f"❌ {html.escape(str(e))}", gr.update(), gr.update(), gr.update(), last_seen
+            return f"❌ {html.escape(str(e))}", gr.update(visible=False), *unchanged[1:], None
         key = (comparison_id, r["status"], json.dumps(r["steps"], sort_keys=True))
         if key == last_seen:
-            return progress_markdown(r), gr.update(), gr.update(), gr.update(), last_seen
-        return (progress_markdown(r), table_rows(r["rows"]), comparison_figure(r["rows"]),
+            return progress_markdown(r), *unchanged, last_seen
+        return (progress_markdown(r), gr.update(visible=True), table_rows(r["rows"]), comparison_figure(r["rows"]),
                 samples_markdown(r["prompt"] or "", r["rows"]), key)
 
-    outputs = [progress, table, chart, samples, seen]
+    outputs = [progress, results, table, chart, samples, seen]
     timer.tick(show, [pick, seen], outputs, api_visibility="private", show_progress="hidden")
     never_seen = gr.State(None)  # picking a comparison always redraws it
     pick.change(show, [pick, never_seen], outputs, api_visibility="private")
@@ -227,15 +240,11 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown):
 
     start.click(start_from_widgets, form_inputs + [methods, prompt], [message, pick], api_visibility="private")
 
-    def stop_comparison(comparison_id: str) -> str:
-        """Stop a comparison: the running method ends after its step, the queued ones never start."""
-        return compare.stop_submitted(compare.comparison_by_id(studio.runs_dir, comparison_id), studio.worker)
-
     def stop_picked(comparison_id: str | None):
         if not comparison_id:
             return "Pick a comparison first."
         try:
-            return f"⏹ {html.escape(stop_comparison(comparison_id))}"
+            return f"⏹ {html.escape(stop_comparison(studio, comparison_id))}"
         except UserError as e:
             return f"❌ {html.escape(str(e))}"
 
@@ -261,50 +270,4 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown):
         ids = [i for _, i in new]
         return gr.update(choices=new, value=current if current in ids else (ids[0] if ids else None))
 
-    # --- scripting API (gradio_client) ----------------------------------------------------
-    def compare_methods(data_path: str, model: str = "bundled", max_steps: int = 30,
-                        methods: str = "full,lora,qlora", prompt: str = "", settings_json: str = "{}",
-                        request: gr.Request | None = None) -> dict:
-        """Queue full, LoRA and QLoRA on the same data and budget. data_path: as returned by
-        validate_data. settings_json: shared RunConfig fields, e.g. {"batch_size": 4}; a
-        learning_rate there is used by every method instead of each method's own. Returns
-        comparison_id, run_ids and message; on bad input comparison_id is empty and message says
-        what to fix."""
-        try:
-            # refused, not overridden: a key with its own parameter (model, max_steps, methods), or runs_dir
-            settings = settings_from_json(settings_json, "compare_methods", COMPARE_METHODS_PARAMETERS)
-            # one learning_rate given here is used by every method; otherwise each uses its own
-            learning_rate = settings.pop("learning_rate", None)
-            form = {**settings, "data": data_path, "model": model, "max_steps": max_steps}
-            text, comparison_id = start_comparison(
-                studio, form, [m.strip() for m in methods.split(",") if m.strip()], prompt,
-                float(learning_rate) if learning_rate is not None else None, start_anyway_off(request))
-        except (UserError, ValueError) as e:
-            return {"comparison_id": "", "run_ids": {}, "message": str(e)}
-        return {"comparison_id": comparison_id, "message": text,
-                "run_ids": compare.comparison_by_id(studio.runs_dir, comparison_id).runs()}
-
-    def comparison(comparison_id: str = "") -> dict:
-        """A comparison (the newest when empty): status, which method runs, each run's step, and
-        one row per method: peak memory, tokens/s, times, trainable parameters, losses,
-        perplexity, saved size, sample answer."""
-        ids = [i for _, i in comparison_choices(studio)]
-        comparison_id = comparison_id or (ids[0] if ids else "")
-        if not comparison_id:
-            return {"comparison_id": "", "status": None, "message": "no comparisons yet"}
-        try:
-            return comparison_report(studio, comparison_id)
-        except UserError as e:
-            return {"comparison_id": comparison_id, "status": None, "message": str(e)}
-
-    def stop_comparison_api(comparison_id: str) -> str:
-        """Stop a comparison: the running method ends after its step, the queued ones never start."""
-        try:
-            return stop_comparison(comparison_id)
-        except UserError as e:
-            return str(e)
-
-    gr.api(compare_methods, api_name="compare_methods")
-    gr.api(comparison, api_name="comparison")
-    gr.api(stop_comparison_api, api_name="stop_comparison")
     return refresh, pick

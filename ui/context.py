@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ft_engine import stack
+from ft_engine.chat import open_chat_model
 from ft_engine.errors import UserError
 from ft_engine.rundir import CONFIG_FILE, RunDir, atomic_write_text, delete_run, list_runs, run_by_id
 from ft_engine.worker import Worker
@@ -184,8 +184,6 @@ class Studio:
 
     def chat_model(self, run_id: str):
         """The ChatModel of a run, loading it if needed (and unloading the previous one)."""
-        stack.load()  # one thread at a time imports transformers (ft_engine/stack.py)
-        from ft_engine.inference import ChatModel, chat_device
         run = self.run(run_id)
         # a resumed run saves a new result (a renamed folder): the loaded copy is then stale
         stat = run.result_dir.stat() if run.result_dir else None
@@ -195,8 +193,7 @@ class Studio:
                 self._chat = None  # free the old model before loading the next
                 # refuses (UserError) to load onto the one GPU while a run trains on it
                 training = self.worker.current_run_id
-                device = chat_device(training_run=training, run_gpus=self._run_gpus(training))
-                self._chat = (key, ChatModel(run, device=device))
+                self._chat = (key, open_chat_model(run, training_run=training, run_gpus=self._run_gpus(training)))
             return self._chat[1]
 
     def _free_gpu_for_run(self, run_id: str) -> None:

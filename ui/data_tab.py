@@ -4,17 +4,13 @@ length limit cuts, and the first examples exactly as the model will see them."""
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
-from ft_engine import stack
 from ft_engine.errors import DataError, UserError
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ft_engine.preview import DataPreview
+from ft_engine.preview import DataPreview, preview_data
 
 from .charts import token_length_histogram
 from .context import ALLOWED_SUFFIXES, Studio, sample_datasets
@@ -169,9 +165,6 @@ def build(studio: Studio, model: gr.Dropdown) -> DataWidgets:
     def validate_data(file: str | None, sample_name: str | None, model_id: str, max_len: float,
                       prompt_too: bool, fmt: str):
         """Check a data file: summary, token-length histogram, preview, and the kept path."""
-        stack.load()  # torch + transformers on first use, one thread at a time (ft_engine/stack.py)
-        from ft_engine.models import check_max_seq_len
-        from ft_engine.preview import preview_data
         if file:
             path, shown_name = Path(file), Path(file).name
         elif sample_name and sample_name in samples:
@@ -183,9 +176,9 @@ def build(studio: Studio, model: gr.Dropdown) -> DataWidgets:
             if file:
                 studio.check_upload(file)  # type and size, before anything is read
             model = check_model_value(model_id or "bundled")
-            check_max_seq_len(model, int(max_len))
-            preview = preview_data(str(path), model=model, max_seq_len=int(max_len),
-                                   train_on_prompt=bool(prompt_too), data_format=fmt or "auto", max_rows=rows_cap)
+            # loads torch and transformers itself on first use; refuses a length over the model's context
+            preview = preview_data(str(path), model=model, max_seq_len=int(max_len), train_on_prompt=bool(prompt_too),
+                                   data_format=fmt or "auto", max_rows=rows_cap, refuse_over_context=True)
             if file:  # kept only once it is known to be usable: a bad upload leaves nothing behind
                 path = studio.keep_upload(file)
         except UserError as e:

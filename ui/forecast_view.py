@@ -77,10 +77,14 @@ class MemoryView:
 
 def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -> MemoryView:
     """Forecast `config` with each method on this machine (or `available`, the tuple
-    ft_engine.forecast.available_memory returns), and the disk its run needs in
+    ft_engine.hardware.available_memory returns), and the disk its run needs in
     config.runs_dir. seq_len: the data's longest row, when known."""
     stack.load()  # one thread at a time imports transformers (ft_engine/stack.py)
-    from ft_engine.forecast import MIB, available_memory, forecast, model_shape, suggestions, verdict
+    from ft_engine.forecast.advice import suggestions
+    from ft_engine.forecast.constants import MIB
+    from ft_engine.forecast.estimate import forecast, verdict
+    from ft_engine.forecast.shape import model_shape
+    from ft_engine.hardware import available_memory
     shape = model_shape(config.model)  # UserError for unknown or unsupported models
     from ft_engine.launch import processes_for
     avail = available or available_memory()
@@ -142,8 +146,7 @@ def longest_row(data_path: str | None, model: str, data_format: str = "auto") ->
 
 @functools.lru_cache(maxsize=16)
 def _longest_row(path: str, stamp: int, model: str, data_format: str) -> int:
-    stack.load()
-    from ft_engine.preview import preview_data
+    from ft_engine.preview import preview_data  # which loads torch and transformers itself
     lengths = preview_data(path, model=model, max_seq_len=131072, data_format=data_format,
                            n_examples=0).token_lengths
     return max(lengths, default=0) or None

@@ -1,7 +1,7 @@
 """Widget values → RunConfig, in one function, and the presets that fill the widgets.
 
 Pure Python (no gradio): the Train tab builds the widgets, this module decides what their
-values mean. Unit-tested in tests/test_ui_form.py.
+values mean. Unit-tested in tests/test_ui_units.py.
 """
 
 from __future__ import annotations

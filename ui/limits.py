@@ -1,6 +1,6 @@
 """The studio's limits for running it for others, read from environment variables.
 
-Pure Python (no gradio). Every variable is documented in the README ("Running it for others");
+Pure Python (no gradio). Every variable is documented in docs/deploying.md;
 a bad value stops the app at start-up with a message naming the variable and the fix, rather
 than being ignored.
 
@@ -115,7 +115,7 @@ def describe_bytes(n: int) -> str:
 
 PAGE_MAX_NEW_TOKENS = 512  # the Chat tab's slider maximum: FT_CHAT_MAX_NEW_TOKENS may only lower it
 # SmolLM2's tokenizer writes 3.6 characters a token on the bundled samples and 2.8 on this
-# README (measured 2026-12-02), so 8,000 characters are 2,200-2,900 tokens: the token cap below
+# project README as it was then (measured 2026-12-02), so 8,000 characters are 2,200-2,900 tokens: the token cap below
 # is what ordinary text meets first, and this one bounds the tokenizer's work before it starts.
 DEFAULT_CHAT_MAX_CHARS = 8000
 # The bundled model reads 8,192 tokens; 2,048 keep a prompt's first pass to seconds on a CPU.

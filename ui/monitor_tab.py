@@ -10,7 +10,7 @@ import gradio as gr
 
 from ft_engine.errors import UserError
 from ft_engine.hardware import machine_snapshot
-from ft_engine.rundir import EVENTS_FILE, METRICS_FILE, damage_notes
+from ft_engine.rundir import EVENTS_FILE, METRICS_FILE, DamagedFileError, damage_notes, read_summary
 
 from .charts import memory_curve, training_curves
 from .context import Studio
@@ -29,33 +29,27 @@ def _fmt_seconds(s: float | None) -> str:
 def run_report(studio: Studio, run_id: str) -> dict[str, Any]:
     """Everything the Monitor shows about a run, from its files (also the run_status API)."""
     run = studio.run(run_id)
-    status = run.read_status()
-    metrics_lines, event_lines = run.metrics(), run.events()
-    metrics = metrics_lines.rows
-    step, total = status.get("step") or 0, status.get("total_steps")
-    elapsed = status.get("elapsed_s") or (metrics[-1]["elapsed_s"] if metrics else None)
+    s = read_summary(run)
+    if s.damaged:  # the Monitor shows this message in place of the run
+        raise DamagedFileError(s.error)
+    event_lines = run.events()
     eta = None
-    if status.get("status") == "running" and total and step and elapsed:
-        eta = elapsed / step * (total - step)
-    events = event_lines.rows
-    last = next((r for r in reversed(metrics) if "loss" in r), {})
+    if s.status == "running" and s.total_steps and s.step and s.elapsed_s:
+        eta = s.elapsed_s / s.step * (s.total_steps - s.step)
     return {
-        "run_id": run_id, "status": status.get("status"), "method": status.get("method"),
-        "model": status.get("model"), "step": step, "total_steps": total, "elapsed_s": elapsed,
-        "eta_s": eta, "error": status.get("error"),
+        "run_id": run_id, "status": s.status, "method": s.method, "model": s.model, "step": s.step,
+        "total_steps": s.total_steps, "elapsed_s": s.elapsed_s, "eta_s": eta, "error": s.error,
         # the worker lets go of a run a moment after writing its final status
-        "queue_position": studio.worker.position(run_id) if status.get("status") in ("queued", "running") else None,
-        "loss": last.get("loss"), "tokens_per_second": last.get("tokens_per_second"),
-        "mem_peak_mib": status.get("mem_peak_mib") or last.get("mem_peak_mib"),
-        "forecast_mib": status.get("forecast_mib"),
+        "queue_position": studio.worker.position(run_id) if s.status in ("queued", "running") else None,
+        "loss": s.train_loss, "tokens_per_second": s.last_step_tokens_per_second,
+        "mem_peak_mib": s.peak_mib, "forecast_mib": s.forecast_mib,
         # how the run is spread (launch.py): processes, ddp / fsdp, rows per optimizer step
-        "processes": status.get("processes") or 1, "strategy": status.get("strategy"),
-        "effective_batch": status.get("effective_batch"),
-        "events": events[-12:], "metrics_rows": len(metrics),
+        "processes": s.processes, "strategy": s.strategy, "effective_batch": s.effective_batch,
+        "events": event_lines.rows[-12:], "metrics_rows": s.metrics_rows,
         # lines skipped as damaged (the rest of the run is still shown), and the sentence saying so
-        "skipped_lines": {METRICS_FILE: metrics_lines.damaged + metrics_lines.cut_off_last,
+        "skipped_lines": {METRICS_FILE: s.skipped_metrics_lines,
                           EVENTS_FILE: event_lines.damaged + event_lines.cut_off_last},
-        "notes": damage_notes(metrics_lines.note(METRICS_FILE), event_lines.note(EVENTS_FILE)),
+        "notes": damage_notes(s.metrics_note, event_lines.note(EVENTS_FILE)),
     }
 
 
@@ -163,16 +157,4 @@ def build(studio: Studio, current_run: gr.Textbox) -> tuple[gr.Dropdown, Any]:
 
     refresh.click(refresh_choices, None, run_choice, api_visibility="private")
 
-    def run_status(run_id: str = "") -> dict:
-        """Status of a run (the latest one when run_id is empty): status, step, total_steps,
-        elapsed_s, eta_s, queue_position, loss, tokens_per_second, mem_peak_mib, error, events."""
-        run_id = run_id or studio.latest_run_id() or ""
-        if not run_id:
-            return {"run_id": "", "status": None, "message": "no runs yet"}
-        try:
-            return run_report(studio, run_id)
-        except UserError as e:
-            return {"run_id": run_id, "status": None, "message": str(e)}
-
-    gr.api(run_status, api_name="run_status")
     return run_choice, refresh_choices

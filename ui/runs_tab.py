@@ -1,6 +1,8 @@
-"""Runs tab: every run on disk in one table, loss curves of several runs overlaid, and for
-one run: resume (a stopped or interrupted run, from its last checkpoint), download (adapter,
-merged model, or GGUF with an Ollama Modelfile, zipped), push to the Hugging Face Hub, delete."""
+"""Runs tab: every run on disk in one table, loss curves of several runs overlaid, and for the
+selected run, together: resume (a stopped or interrupted run, from its last checkpoint), delete,
+download (adapter, merged model, or GGUF with an Ollama Modelfile, zipped), push to the Hugging
+Face Hub, and did it learn? (evaluate). Comparing the methods has a sub-tab of its own
+(compare_view.py)."""
 
 from __future__ import annotations
 
@@ -11,21 +13,24 @@ from pathlib import Path
 
 import gradio as gr
 
-from ft_engine import stack
+from ft_engine import export
 from ft_engine.errors import UserError
 from ft_engine.gguf_export import QUANT_NOTES, QUANTS
-from ft_engine.rundir import summarize
+from ft_engine.rundir import read_summary
 
-from . import limits
+from . import api, compare_view, limits
 from .charts import loss_overlay
 from .context import Studio
+from .data_tab import DataWidgets
 from .downloads import PreparedDownloads, without_paths
-from .train_tab import queue_message
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["name", "method", "model", "status", "steps", "train loss", "eval loss", "did it learn?",
-           "peak memory (GiB)", "duration", "tokens/s", "notes", "run id"]
+# The runs table's headers, short and with their unit, and each column's share of the width (%):
+# wide enough that no header breaks inside a word ("duration", "tokens/s").
+WIDTHS = {"name": 13, "method": 6, "model": 7, "status": 8, "steps": 5, "train loss": 6, "eval loss": 6,
+          "did it learn?": 9, "peak GiB": 6, "duration": 8, "tokens/s": 8, "notes": 6, "run id": 12}
+COLUMNS = list(WIDTHS)  # table_rows' order
 EVAL_COLUMNS = ["", "question", "expected", "base model", "tuned model", "F1 base → tuned"]
 
 
@@ -33,19 +38,18 @@ def table_rows(studio: Studio) -> list[list]:
     """One row per run, newest first, in human units."""
     rows = []
     for run in reversed(studio.runs()):
-        s = summarize(run)
-        dur = s["elapsed_s"]
+        s = read_summary(run)
+        dur = s.elapsed_s
         rows.append([
-            s["name"], s["method"], Path(str(s["model"])).name or s["model"], s["status"],
-            f"{s['step']}/{s['total_steps'] or '?'}",
-            round(s["train_loss"], 4) if s["train_loss"] is not None else None,
-            round(s["eval_loss"], 4) if s["eval_loss"] is not None else None,
-            s["eval"] or "",
-            round(s["peak_mib"] / 1024, 2) if s["peak_mib"] else None,
+            s.name, s.method, Path(str(s.model)).name or s.model, s.status, f"{s.step}/{s.total_steps or '?'}",
+            round(s.train_loss, 4) if s.train_loss is not None else None,
+            round(s.eval_loss, 4) if s.eval_loss is not None else None,
+            s.eval_headline or "",
+            round(s.peak_mib / 1024, 2) if s.peak_mib else None,
             f"{int(dur) // 60}m {int(dur) % 60:02d}s" if dur else "",
-            round(s["tokens_per_second"]) if s["tokens_per_second"] else None,
-            s["notes"],  # e.g. damaged lines skipped in metrics.jsonl: the numbers beside it leave them out
-            s["run_id"],
+            round(s.tokens_per_second) if s.tokens_per_second else None,
+            s.metrics_note,  # e.g. damaged lines skipped in metrics.jsonl: the numbers beside it leave them out
+            s.run_id,
         ])
     return rows
 
@@ -71,25 +75,48 @@ def _token_placeholder() -> str:
     return "empty = the server's HF_TOKEN" + (" (signed-in users)" if limits.shared_instance() else "")
 
 
-def build(studio: Studio):
+def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> list[tuple]:
+    """The Runs tab: the runs, and comparisons of the methods in a sub-tab of their own. Returns
+    the (function, inputs, outputs) to run when the tab is opened, so new runs show up."""
     gr.Markdown("## 5 · Runs")
-    refresh = gr.Button("↻ Refresh")
-    table = gr.Dataframe(value=table_rows(studio), headers=COLUMNS, interactive=False, wrap=True)
+    with gr.Tabs():
+        with gr.Tab("All runs", id="runs-all"):
+            on_open = _build_runs(studio)
+        with gr.Tab("⚖ Compare methods", id="runs-compare"):
+            compare_refresh, compare_pick = compare_view.build(studio, data, model)
+    return [on_open, (compare_refresh, compare_pick, compare_pick)]
+
+
+def _build_runs(studio: Studio) -> tuple:
     ids = [r.run_id for r in reversed(studio.runs())]
-    with gr.Row():
-        overlay_pick = gr.Dropdown(ids, multiselect=True, label="Overlay the loss curves of…", scale=3)
-    overlay = gr.Plot(label="Loss curves")
-    gr.Markdown("### One run")
-    selected = gr.Dropdown(ids, value=ids[0] if ids else None, label="Run", allow_custom_value=True)
-    with gr.Row():
-        with gr.Column():
-            resume_btn = gr.Button("⟳ Resume")
-            gr.Markdown("<small>A stopped or interrupted run continues from its last checkpoint to its "
-                        "planned number of steps; it joins the training queue like a new run.</small>")
-        with gr.Column():
+    with gr.Row(equal_height=True):
+        gr.Markdown("Every run on disk, newest first. Pick runs below to overlay their loss curves, "
+                    "or one run to resume, download, push or delete it.")
+        refresh = gr.Button("↻ Refresh", size="sm", scale=0, min_width=110)
+    table = gr.Dataframe(value=table_rows(studio), headers=COLUMNS, interactive=False, wrap=True,
+                         column_widths=[f"{WIDTHS[c]}%" for c in COLUMNS])
+    overlay_pick = gr.Dropdown(ids, multiselect=True, label="Overlay the loss curves of…")
+    overlay = gr.Plot(label="Loss curves", visible=False)  # shown once a run is picked
+
+    # --- one run: everything done to it, together ------------------------------------------
+    gr.Markdown("### Selected run")
+    with gr.Group():
+        with gr.Row(equal_height=True):
+            selected = gr.Dropdown(ids, value=ids[0] if ids else None, label="Run", scale=4,
+                                   allow_custom_value=True)
+            resume_btn = gr.Button("⟳ Resume", scale=1, min_width=120)
+            with gr.Column(scale=2, min_width=220):
+                confirm = gr.Checkbox(False, label="Yes, delete this run and its files for good")
+                delete_btn = gr.Button("🗑 Delete run", variant="stop", size="sm")
+        result = gr.Markdown("<small>⟳ Resume: a stopped or interrupted run continues from its last checkpoint "
+                             "to its planned number of steps, queued like a new run.</small>",
+                             padding=True)
+    with gr.Row(equal_height=False):
+        with gr.Column(variant="panel"):
+            gr.Markdown("#### ⬇ Download")
             kind = gr.Radio([("Adapter only (small)", "adapter"), ("Merged standalone model", "merged"),
                              ("GGUF for llama.cpp / Ollama / LM Studio", "gguf")],
-                            value="adapter", label="Download",
+                            value="adapter", label="Download", show_label=False,  # the heading says it
                             info="Full fine-tuning runs always give the whole model. A merged QLoRA model is its "
                                  "adapter on the dequantized 4-bit base, in the run's bf16/fp16: the model you "
                                  "trained and chatted with, not the original full-precision weights. GGUF: one "
@@ -97,18 +124,16 @@ def build(studio: Studio):
             quant = gr.Dropdown([(f"{q} — {note}", q) for q, note in QUANT_NOTES.items()], value=QUANTS[0],
                                 label="GGUF quantization", visible=False)
             export_btn = gr.Button("⬇ Prepare download")
-            download = gr.File(label="Your file", interactive=False)
+            download = gr.File(label="Your file", interactive=False, visible=False)  # shown once prepared
             download_note = gr.Markdown()
-        with gr.Column():
+        with gr.Column(variant="panel"):
+            gr.Markdown("#### ⬆ Push to the Hugging Face Hub")
             repo = gr.Textbox(label="Hugging Face repo", placeholder="your-name/my-tuned-model")
             token = gr.Textbox(label="Hugging Face token (write access)", type="password",
                                placeholder=_token_placeholder(), info="Used for this upload only; never saved.")
             private = gr.Checkbox(True, label="Private repo")
             push_btn = gr.Button("⬆ Push to the Hub")
-        with gr.Column():
-            confirm = gr.Checkbox(False, label="Yes, delete this run and its files for good")
-            delete_btn = gr.Button("🗑 Delete run", variant="stop")
-    result = gr.Markdown()
+            push_result = gr.Markdown()
     with gr.Accordion("🧪 Did it learn? Tuned vs base on questions it was not trained on", open=False):
         gr.Markdown("The tuned model and its base answer the same questions side by side: the run's held-out "
                     "rows (or, if it held none out, its training rows), or a file of questions with answers you "
@@ -120,6 +145,7 @@ def build(studio: Studio):
             with gr.Column(scale=1):
                 eval_btn = gr.Button("🧪 Evaluate", variant="primary")
                 eval_stop = gr.Button("■ Stop the evaluation")
+                eval_note = gr.Markdown()
         eval_line = gr.Markdown()
         eval_table = gr.Dataframe(headers=EVAL_COLUMNS, interactive=False, wrap=True)
 
@@ -137,7 +163,7 @@ def build(studio: Studio):
                 curves[run_id] = studio.run(run_id).read_metrics()
             except UserError:
                 continue  # deleted since the list was drawn; the refresh drops it
-        return loss_overlay(curves)
+        return gr.update(value=loss_overlay(curves), visible=bool(curves))
 
     overlay_pick.change(draw_overlay, overlay_pick, overlay, api_visibility="private")
 
@@ -166,13 +192,11 @@ def build(studio: Studio):
         if not run_id:
             raise gr.Error("Pick a run first.")
         progress(0.0, desc="loading")
-        stack.load()  # loads torch on first use, one thread at a time (ft_engine/stack.py)
-        from ft_engine.export import zip_result
         session = getattr(request, "session_hash", None)
         folder, path = downloads.start(session), None
         try:
-            path = zip_result(studio.run(run_id), export_kind, folder, quant=gguf_quant,
-                              progress=lambda fraction, text: progress(fraction, desc=text))
+            path = export.zip_result(studio.run(run_id), export_kind, folder, quant=gguf_quant,
+                                     progress=lambda fraction, text: progress(fraction, desc=text))
         except UserError as e:
             raise gr.Error(without_paths(str(e))) from None
         except Exception as e:
@@ -188,8 +212,11 @@ def build(studio: Studio):
         downloads.keep(session, folder)
         return str(path)
 
+    def show_download(path: str | None):
+        return gr.update(visible=bool(path)), download_line(path)
+
     export_btn.click(export_run, [selected, kind, quant], download, api_name="export_run").success(
-        download_line, download, download_note, api_visibility="private")
+        show_download, download, [download, download_note], api_visibility="private")
 
     def push(run_id: str, repo_id: str, typed_token: str, is_private: bool, export_kind: str,
              request: gr.Request, gguf_quant: str = QUANTS[0]):
@@ -198,14 +225,14 @@ def build(studio: Studio):
         before anything is loaded or sent."""
         try:
             tok = typed_token or limits.server_hf_token(getattr(request, "username", None))
-            stack.load()
-            from ft_engine.export import push_to_hub
-            url = push_to_hub(studio.run(run_id), repo_id, tok, export_kind, private=is_private, quant=gguf_quant)
+            url = export.push_to_hub(studio.run(run_id), repo_id, tok, export_kind, private=is_private,
+                                     quant=gguf_quant)
         except UserError as e:
             return f"❌ {e}", ""
         return f"✅ Pushed to {url}", ""  # clear the token field
 
-    push_btn.click(push, [selected, repo, token, private, kind, quant], [result, token], api_visibility="private")
+    push_btn.click(push, [selected, repo, token, private, kind, quant], [push_result, token],
+                   api_visibility="private")
 
     def delete(run_id: str, confirmed: bool):
         if not confirmed:
@@ -220,28 +247,15 @@ def build(studio: Studio):
     delete_btn.click(delete, [selected, confirm], [result, table, overlay_pick, selected, confirm],
                      api_visibility="private")
 
-    def resume_run(run_id: str) -> dict:
-        """Continue a stopped or interrupted run from its last checkpoint to its planned number of
-        steps; it joins the queue like a new run. Returns run_id, position (runs ahead of it) and
-        message, as start_training does; when it cannot resume, run_id is empty and message says why."""
-        try:
-            run = studio.worker.resume(studio.run(run_id))
-        except UserError as e:
-            return {"run_id": "", "position": None, "message": str(e)}
-        studio.forget_chat(run.run_id)  # its result is replaced when the resumed run ends
-        return {"run_id": run.run_id, "position": studio.worker.position(run.run_id),
-                "message": queue_message(studio, run.run_id)}
-
     def resume_clicked(run_id: str):
         if not run_id:
             return "Pick a run first.", gr.update()
-        answer = resume_run(run_id)
+        answer = api.resume_run(studio, run_id)
         if not answer["run_id"]:
             return f"❌ {answer['message']}", gr.update()
         return answer["message"], table_rows(studio)
 
     resume_btn.click(resume_clicked, selected, [result, table], api_visibility="private")
-    gr.api(resume_run, api_name="resume_run")
 
     stops: dict[str, threading.Event] = {}  # one per run being evaluated
 
@@ -278,11 +292,6 @@ def build(studio: Studio):
         return "Stopping after the questions being answered; what was answered is kept."
 
     eval_btn.click(evaluate_run, [selected, questions_file], [eval_line, eval_table], api_name="evaluate_run")
-    eval_stop.click(stop_evaluation, selected, result, api_name="stop_evaluation")
+    eval_stop.click(stop_evaluation, selected, eval_note, api_name="stop_evaluation")
 
-    def list_runs() -> list[dict]:
-        """Every run on disk, newest first, with status, steps, losses, peak memory, duration."""
-        return [summarize(r) for r in reversed(studio.runs())]
-
-    gr.api(list_runs, api_name="list_runs")
     return refresh_all, selected, [table, overlay_pick, selected]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import chat_tab, compare_view, data_tab, monitor_tab, runs_tab, train_tab
+from . import api, chat_tab, data_tab, monitor_tab, runs_tab, train_tab
 from .context import Studio
 
 CSS = """
@@ -44,13 +44,13 @@ def build_studio(studio: Studio) -> gr.Blocks:
             with gr.Tab("4 · Chat", id="chat") as chat_tab_ui:
                 chat_choice, chat_refresh = chat_tab.build(studio)
             with gr.Tab("5 · Runs", id="runs") as runs_tab_ui:
-                runs_refresh, runs_selected, runs_outputs = runs_tab.build(studio)
-                compare_refresh, compare_pick = compare_view.build(studio, data, model)
+                runs_on_open = runs_tab.build(studio, data, model)
+        api.register(studio)  # the scripting API (gradio_client): ui/api.py
         # lists are refreshed when their tab is opened, so new runs show up without a click
         monitor_tab_ui.select(monitor_refresh, None, monitor_choice, api_visibility="private")
         chat_tab_ui.select(chat_refresh, None, chat_choice, api_visibility="private")
-        runs_tab_ui.select(runs_refresh, runs_selected, runs_outputs, api_visibility="private")
-        runs_tab_ui.select(compare_refresh, compare_pick, compare_pick, api_visibility="private")
+        for fn, inputs, outputs in runs_on_open:
+            runs_tab_ui.select(fn, inputs, outputs, api_visibility="private")
         # the memory forecast is drawn as soon as the page opens, before any setting is touched
         forecast_fn, forecast_inputs, forecast_outputs = train.update_forecast
         demo.load(forecast_fn, forecast_inputs, forecast_outputs, api_visibility="private", show_progress="hidden")

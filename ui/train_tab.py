@@ -10,14 +10,31 @@ import gradio as gr
 
 from ft_engine.config import FIELD_DOCS, ComputeDtype, Optimizer, Precision, QuantType, RunConfig, Scheduler
 from ft_engine.errors import UserError
+from ft_engine.rundir import DATA_FILE
 
 from . import limits
 from .context import Studio
 from .data_tab import DataWidgets
-from .forecast_view import (FIX_FIELDS, MAX_FIXES, Fix, forecast_figure, longest_row, memory_view,
-                            no_forecast_markdown, verdict_markdown)
-from .form import (ADVANCED_FIELDS, LORA_TARGETS, METHOD_CARDS, PRESETS, START_TRAINING_PARAMETERS,
-                   STRATEGY_CHOICES, config_from_form, gpus_markdown, preset_values, settings_from_json)
+from .forecast_view import (
+    FIX_FIELDS,
+    MAX_FIXES,
+    Fix,
+    forecast_figure,
+    longest_row,
+    memory_view,
+    no_forecast_markdown,
+    verdict_markdown,
+)
+from .form import (
+    ADVANCED_FIELDS,
+    LORA_TARGETS,
+    METHOD_CARDS,
+    PRESETS,
+    STRATEGY_CHOICES,
+    config_from_form,
+    gpus_markdown,
+    preset_values,
+)
 
 MODEL_CHOICES = ["bundled", "meta-llama/Llama-3.2-1B-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"]
 METHODS = [("LoRA (recommended)", "lora"), ("QLoRA (4-bit base)", "qlora"), ("Full fine-tuning", "full")]
@@ -108,7 +125,7 @@ def _queue_place(studio: Studio, run_id: str) -> str:
 def _rows_note(studio: Studio, run_id: str) -> str:
     """Says so when the run trains on fewer rows than the file has (max_rows, or a demo's
     FT_MAX_ROWS cap): the user should not find out from the results."""
-    data = studio.run(run_id).read_json("data.json") or {}
+    data = studio.run(run_id).read_json(DATA_FILE) or {}
     kept, total = data.get("max_rows") or 0, data.get("rows_in_file") or 0
     if kept and total > kept:
         return f" Training on the first **{kept} of {total} rows** (max_rows)."
@@ -277,38 +294,4 @@ def build(studio: Studio, data: DataWidgets, model: gr.Dropdown) -> TrainWidgets
 
     stop.click(stop_current, [current_run], [message], api_visibility="private")
 
-    # --- scripting API (gradio_client) ----------------------------------------------------
-    def start_training(data_path: str, model: str = "bundled", method: str = "lora",
-                       preset: str = DEFAULT_PRESET, settings_json: str = "{}", start_anyway: bool = False,
-                       request: gr.Request | None = None) -> dict:
-        """Start (or queue) a run. data_path: as returned by validate_data. settings_json: any
-        RunConfig fields as a JSON object, e.g. {"max_steps": 5}. A run the memory forecast
-        says will not fit is refused unless start_anyway (which a demo, or a shared studio
-        without login, does not honour: there the refusal is final). Returns run_id, position
-        and message; on bad input run_id is empty and message says what to fix."""
-        try:
-            # refused, not overridden: a key with its own parameter (method, model, data_path), or runs_dir
-            settings = settings_from_json(settings_json, "start_training", START_TRAINING_PARAMETERS)
-            form = {**preset_values(preset, method), **settings, "model": model, "method": method,
-                    "data": studio.checked_data_path(data_path), "runs_dir": str(studio.runs_dir)}
-            config = config_from_form(form)
-            off = start_anyway_off(request)
-            refusal = None if start_anyway and not off else forecast_refusal(config, off)
-            if refusal:
-                return {"run_id": "", "position": None, "message": refusal}
-            run = studio.worker.submit(config)
-        except (UserError, ValueError) as e:
-            return {"run_id": "", "position": None, "message": str(e)}
-        return {"run_id": run.run_id, "position": studio.worker.position(run.run_id),
-                "message": queue_message(studio, run.run_id)}
-
-    def stop_training(run_id: str) -> str:
-        """Stop a running run after its current step, or remove a queued one."""
-        try:
-            return studio.worker.stop(run_id)
-        except UserError as e:
-            return str(e)
-
-    gr.api(start_training, api_name="start_training")
-    gr.api(stop_training, api_name="stop_training")
     return TrainWidgets(current_run, (update_forecast, form_inputs, forecast_outputs))
