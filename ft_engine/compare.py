@@ -42,7 +42,7 @@ from .comparison_dir import (  # noqa: F401
     list_comparisons,
     progress,
 )
-from .config import RunConfig
+from .config import SHORT_RUN_LEARNING_RATES, RunConfig
 from .data import first_rows, load_examples, select_rows
 from .errors import ConfigError, UserError
 from .rundir import RunDir, Status, run_by_id, utc_now
@@ -54,9 +54,9 @@ log = logging.getLogger(__name__)
 
 METHODS = ("full", "lora", "qlora")
 
-# The studio's "Quick demo" rates (ui/form.py, _LR): a comparison is a short fixed budget, and
-# these are the rates that learn something in ~30 steps. tests/test_compare.py keeps them equal.
-DEFAULT_LEARNING_RATES = {"full": 5e-5, "lora": 1e-3, "qlora": 1e-3}
+# A comparison is a short fixed budget: the rates that learn something in ~30 steps, the same
+# object as the studio's "Quick demo" preset's (config.SHORT_RUN_LEARNING_RATES).
+DEFAULT_LEARNING_RATES = SHORT_RUN_LEARNING_RATES
 DEFAULT_VAL_FRACTION = 0.1  # eval loss and perplexity need held-out rows
 POLL_SECONDS = 1.0
 # Held-out questions each method's model (and its base) answers after a comparison

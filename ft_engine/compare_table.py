@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import UserError
 from .rundir import RunDir, read_summary, run_by_id
+from .units import MIB
 
 # (key, column header) of the results table, in display order
 COLUMNS = [
@@ -39,7 +40,7 @@ COLUMNS = [
 def _folder_mib(folder: Path | None) -> float | None:
     if folder is None:
         return None
-    return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20, 2)
+    return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / MIB, 2)
 
 
 def run_row(run: RunDir, method: str) -> dict[str, Any]:

@@ -34,7 +34,13 @@ BUNDLED_MODEL = "bundled"
 ALL_LINEAR = "all-linear"
 
 # A hub id is "owner/name": letters, digits, '-', '_', '.'; never '..' (no path tricks).
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Learning rates that learn something in ~30 steps, by method: adapters start from zero and need
+# larger steps than a full fine-tune, which moves weights that already work. The studio's
+# "Quick demo" preset (ui/form.py) and Compare methods (compare.py) both use these.
+SHORT_RUN_LEARNING_RATES = {"full": 5e-5, "lora": 1e-3, "qlora": 1e-3}
+
+# A Hugging Face repo id, owner/name: what the Train tab, the config and Push to the Hub accept.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # A run name ends up in a folder name: keep it to plain characters.
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 # The seed goes to numpy.random.seed (through transformers.set_seed), which takes 0..2**32 - 1;
@@ -369,7 +375,7 @@ def _check_model_id(model: str) -> list[str]:
         if not (path / "config.json").is_file():
             return [f"model folder {model} has no config.json: point to a folder saved with save_pretrained()"]
         return []
-    if _HUB_ID.fullmatch(model) and ".." not in model:
+    if HUB_ID.fullmatch(model) and ".." not in model:
         return []
     if "/" in model and (model.startswith((".", "/", "~")) or "\\" in model or ".." in model):
         return [f"model folder not found: {model} (check the path, or use a hub id like owner/name)"]

@@ -382,11 +382,12 @@ def push_to_hub(run: RunDir, repo_id: str, token: str, kind: str = "adapter", pr
     """Upload the adapter (or merged model, or GGUF file with its Modelfile) to a Hugging Face
     repo; returns its URL.
     The token is used for this call only and never written anywhere."""
-    import re
     import tempfile
 
     from huggingface_hub import HfApi
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*", repo_id or "") or ".." in repo_id:
+
+    from .config import HUB_ID
+    if not HUB_ID.fullmatch(repo_id or "") or ".." in repo_id:
         raise UserError(f"repo id must look like your-name/model-name, got {repo_id!r}")
     if not token:
         raise UserError("a Hugging Face token with write access is needed: paste one or set HF_TOKEN")

@@ -14,9 +14,9 @@ import psutil
 
 from . import memory
 from .errors import UserError
+from .units import MIB
 
 log = logging.getLogger(__name__)
-MIB = 1024 * 1024
 
 
 @dataclass

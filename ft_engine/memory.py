@@ -18,7 +18,8 @@ from typing import Iterator
 
 import psutil
 
-MIB = 1024 * 1024
+from .units import MIB
+
 log = logging.getLogger(__name__)
 
 # A one-process run trains on the first GPU that CUDA_VISIBLE_DEVICES shows

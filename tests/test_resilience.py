@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from app_server import REPO, log_tail, running_app
+from conftest import wait_until
 from gradio_client import Client, handle_file
 
 from ft_engine.config import RunConfig
@@ -52,17 +53,6 @@ def strict_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
 def wait_past_a_checkpoint(run_path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> tuple[int, int]:
     """Wait until a complete checkpoint exists and training is at least 2 steps past it (so
     the kill lands between checkpoints); returns (checkpoint step, step seen)."""
@@ -77,7 +67,7 @@ def wait_past_a_checkpoint(run_path: Path, proc: subprocess.Popen, timeout: floa
         step = raw_status(run).get("step") or 0
         assert step < TOTAL, "the run finished before it could be killed; give it more steps"
         return (ckpt, step) if step >= ckpt + 2 else None
-    return wait_for(past, timeout, "a checkpoint and two steps past it")
+    return wait_until(past, timeout, "a checkpoint and two steps past it")
 
 
 def assert_readable_and_interrupted(run: RunDir) -> list[dict]:
@@ -140,7 +130,7 @@ def test_cli_run_killed_mid_run_resumes_to_planned_steps(tiny_model, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "ft_engine", "train", "--config", str(config)],
                                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        run_path = wait_for(lambda: next(iter(runs.glob("*killed*")), None), 120, "the run directory")
+        run_path = wait_until(lambda: next(iter(runs.glob("*killed*")), None), 120, "the run directory")
         wait_past_a_checkpoint(run_path, proc)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -201,7 +191,7 @@ def test_app_killed_mid_run_stops_the_run_and_resumes(tiny_model, tmp_path):
         proc.wait(timeout=30)
 
     # the run's own process is still there: it ends the step it is in, saves, and stops
-    wait_for(lambda: raw_status(run)["status"] not in ("queued", "running"), 60, "the run to stop")
+    wait_until(lambda: raw_status(run)["status"] not in ("queued", "running"), 60, "the run to stop")
     raw_status(run)
     before = strict_jsonl(run.path / "metrics.jsonl")
     strict_jsonl(run.path / "events.jsonl")
@@ -243,7 +233,7 @@ def test_stop_button_ends_the_run_within_one_step(tiny_model, chat_file, runs_di
     studio = Studio(runs_dir)
     stop_current = studio_handler(build_studio(studio), "stop_current")
     run = studio.worker.submit(run_config(tiny_model, chat_file, runs_dir, max_steps=100_000, grad_accum=2))
-    wait_for(lambda: (raw_status(run).get("step") or 0) >= 3, 120, "step 3")
+    wait_until(lambda: (raw_status(run).get("step") or 0) >= 3, 120, "step 3")
     answer = stop_current(run.run_id)
     seen = raw_status(run)["step"]
     assert "stopping after the current step" in answer, answer
@@ -263,9 +253,9 @@ def test_resume_button_continues_a_stopped_run(tiny_model, chat_file, runs_dir):
     stop_current, resume_clicked = studio_handler(demo, "stop_current"), studio_handler(demo, "resume_clicked")
     without = studio.worker.submit(run_config(tiny_model, chat_file, runs_dir, max_steps=100_000))
     run = studio.worker.submit(run_config(tiny_model, chat_file, runs_dir, max_steps=12, checkpoint_steps=2))
-    wait_for(lambda: (raw_status(without).get("step") or 0) >= 1, 120, "step 1")
+    wait_until(lambda: (raw_status(without).get("step") or 0) >= 1, 120, "step 1")
     stop_current(without.run_id)
-    wait_for(lambda: (raw_status(run).get("step") or 0) >= 3, 120, "step 3")
+    wait_until(lambda: (raw_status(run).get("step") or 0) >= 3, 120, "step 3")
     stop_current(run.run_id)
     assert studio.worker.wait_idle(60)
     assert run.read_status()["status"] == "stopped" and run.checkpoints
@@ -300,11 +290,11 @@ def test_stop_through_the_api_ends_the_run_within_one_step(app, tiny_model):
                          settings_json=json.dumps({"max_steps": 100_000, "checkpoint_steps": 0, "batch_size": 2}),
                          api_name="/start_training")
     run = RunDir(app.runs_dir / res["run_id"])
-    wait_for(lambda: (raw_status(run).get("step") or 0) >= 3, 120, "step 3")
+    wait_until(lambda: (raw_status(run).get("step") or 0) >= 3, 120, "step 3")
     assert client.predict(run_id=run.run_id, api_name="/stop_training") == "stopping after the current step"
     seen = client.predict(run_id=run.run_id, api_name="/run_status")["step"]
-    final = wait_for(lambda: (s := client.predict(run_id=run.run_id, api_name="/run_status"))["status"]
-                     in FINISHED and s, 60, "the stop", every=0.1)
+    final = wait_until(lambda: (s := client.predict(run_id=run.run_id, api_name="/run_status"))["status"]
+                       in FINISHED and s, 60, "the stop", interval=0.1)
     assert final["status"] == "stopped" and seen <= final["step"] <= seen + 1, (seen, final, log_tail(app.log))
     assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import gradio as gr
 
+from ft_engine.config import DataFormat
 from ft_engine.errors import DataError, UserError
 from ft_engine.preview import DataPreview, preview_data
 
@@ -146,7 +148,7 @@ def build(studio: Studio, model: gr.Dropdown) -> DataWidgets:
             sample = gr.Dropdown(choices=list(samples), value=DEFAULT_SAMPLE if DEFAULT_SAMPLE in samples else None,
                                  label="…or pick a sample dataset",
                                  info="zubrowka_facts teaches invented facts you can check in Chat afterwards")
-            data_format = gr.Dropdown(["auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text"],
+            data_format = gr.Dropdown(list(get_args(DataFormat)),  # RunConfig's own type
                                       value="auto", label="Format",
                                       info="auto detects it from the columns")
             max_seq_len = gr.Slider(32, MAX_SEQ_LEN_SLIDER, value=256, step=32, label="Maximum length (tokens)",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from ft_engine import stack
 from ft_engine.config import RunConfig
 from ft_engine.errors import UserError
+from ft_engine.forecast.constants import Verdict
 
 METHOD_ORDER = ("full", "lora", "qlora")
 METHOD_LABELS = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
@@ -27,7 +27,7 @@ GROUPS = {
     "runtime": ("runtime_overhead",),
 }
 GROUP_COLORS = ("rgb(31,119,180)", "rgb(255,127,14)", "rgb(44,160,44)", "rgb(148,103,189)")
-VERDICT_ICONS = {"fits": "✅", "tight": "⚠️", "will not fit": "❌", "unknown": "❔"}
+VERDICT_ICONS = {Verdict.FITS: "✅", Verdict.TIGHT: "⚠️", Verdict.WILL_NOT_FIT: "❌", Verdict.UNKNOWN: "❔"}
 # the settings a fix may change: each has a widget in the Train or Data tab
 FIX_FIELDS = ("method", "activation_checkpointing", "optimizer", "batch_size", "grad_accum", "max_seq_len",
               "precision")
@@ -72,19 +72,18 @@ class MemoryView:
 
     @property
     def blocks_start(self) -> bool:
-        return self.verdict == "will not fit"
+        return self.verdict == Verdict.WILL_NOT_FIT
 
 
 def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -> MemoryView:
     """Forecast `config` with each method on this machine (or `available`, the tuple
     ft_engine.hardware.available_memory returns), and the disk its run needs in
     config.runs_dir. seq_len: the data's longest row, when known."""
-    stack.load()  # one thread at a time imports transformers (ft_engine/stack.py)
     from ft_engine.forecast.advice import suggestions
-    from ft_engine.forecast.constants import MIB
     from ft_engine.forecast.estimate import forecast, verdict
     from ft_engine.forecast.shape import model_shape
     from ft_engine.hardware import available_memory
+    from ft_engine.units import MIB
     shape = model_shape(config.model)  # UserError for unknown or unsupported models
     from ft_engine.launch import processes_for
     avail = available or available_memory()
@@ -98,7 +97,7 @@ def memory_view(config: RunConfig, seq_len: int | None = None, available=None) -
     alive = {m: fc.peak_components() for m, fc in forecasts.items()}
     groups = {m: {g: sum(alive[m][k] for k in keys) / MIB for g, keys in GROUPS.items()} for m in forecasts}
     fixes = []
-    if verdicts[config.method] in ("will not fit", "tight"):
+    if verdicts[config.method] in (Verdict.WILL_NOT_FIT, Verdict.TIGHT):
         for desc, new, fc in suggestions(config, shape, avail, seq_len=seq_len, processes=processes)[:MAX_FIXES]:
             changes = {k: getattr(new, k) for k in FIX_FIELDS if getattr(new, k) != getattr(config, k)}
             fixes.append(Fix(desc, changes, fc.needed_bytes / MIB, verdict(fc, avail)))
@@ -189,10 +188,10 @@ def verdict_markdown(view: MemoryView, start_anyway: bool = True) -> str:
                  "in bf16 with 8-bit optimizer state, each updated during backward (no gradient clipping).")
     elif view.auto_optimizer == "adamw_8bit":
         line += "\n\nOptimizer *auto* → **adamw_8bit**: fp32 AdamW would not fit."
-    if view.verdict == "will not fit":
+    if view.verdict == Verdict.WILL_NOT_FIT:
         line += ("\n\nStart is refused: this run would run out of memory. Apply a fix below"
                  + (", or tick *Start anyway*." if start_anyway else "."))
-    elif view.verdict == "tight":
+    elif view.verdict == Verdict.TIGHT:
         line += "\n\nIt should fit, with little to spare; a fix below leaves more room."
     if view.processes > 1:
         line += (f"\n\n{view.processes} processes, one per GPU: each takes its own batch, so a step trains "

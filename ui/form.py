@@ -10,9 +10,9 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from ft_engine.config import _HUB_ID, ALL_LINEAR, BUNDLED_MODEL, RunConfig
+from ft_engine.config import ALL_LINEAR, BUNDLED_MODEL, HUB_ID, SHORT_RUN_LEARNING_RATES, RunConfig, Strategy
 from ft_engine.errors import ConfigError, UserError
 
 from .limits import max_rows_cap, max_steps_cap
@@ -33,7 +33,7 @@ LORA_TARGETS = [ALL_LINEAR, "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
 # Learning rates differ by method: adapters start from zero and need larger steps than a
 # full fine-tune, which moves weights that already work.
 _LR = {
-    "Quick demo": {"full": 5e-5, "lora": 1e-3, "qlora": 1e-3},
+    "Quick demo": SHORT_RUN_LEARNING_RATES,
     "Balanced": {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4},
     "Thorough": {"full": 1e-5, "lora": 1e-4, "qlora": 1e-4},
 }
@@ -51,8 +51,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                      checkpoint_steps=100, eval_steps=50),
 }
 
-STRATEGY_CHOICES = [("DDP: each GPU holds the whole model (fastest when it fits)", "ddp"),
-                    ("FSDP: the model is split over the GPUs (for models one GPU cannot hold)", "fsdp")]
+STRATEGY_LABELS = {"ddp": "DDP: each GPU holds the whole model (fastest when it fits)",
+                   "fsdp": "FSDP: the model is split over the GPUs (for models one GPU cannot hold)"}
+STRATEGY_CHOICES = [(STRATEGY_LABELS[s], s) for s in get_args(Strategy)]  # RunConfig's own type
 
 
 def gpus_markdown(names: list[str]) -> str:
@@ -122,7 +123,7 @@ def check_model_value(model: Any) -> str:
     # Anything else must be 'bundled' or a hub id, decided from the text alone: the engine would
     # take a bare name such as 'assets' as a folder under the app's working folder if one is
     # there, and answer differently than for a name with nothing behind it.
-    if text != BUNDLED_MODEL and not _HUB_ID.fullmatch(text):
+    if text != BUNDLED_MODEL and not HUB_ID.fullmatch(text):
         raise ConfigError([f"model {text!r} is neither '{BUNDLED_MODEL}', a hub id of the form owner/name "
                            f"(e.g. meta-llama/Llama-3.2-1B-Instruct), nor a model folder given by its absolute "
                            f"path"])

@@ -8,7 +8,7 @@ from typing import Any, get_args
 
 import gradio as gr
 
-from ft_engine.config import FIELD_DOCS, ComputeDtype, Optimizer, Precision, QuantType, RunConfig, Scheduler
+from ft_engine.config import FIELD_DOCS, ComputeDtype, Method, Optimizer, Precision, QuantType, RunConfig, Scheduler
 from ft_engine.errors import UserError
 from ft_engine.rundir import DATA_FILE
 
@@ -37,7 +37,9 @@ from .form import (
 )
 
 MODEL_CHOICES = ["bundled", "meta-llama/Llama-3.2-1B-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"]
-METHODS = [("LoRA (recommended)", "lora"), ("QLoRA (4-bit base)", "qlora"), ("Full fine-tuning", "full")]
+# Shown in this order; a method RunConfig gains without a label here fails at import, not on the page.
+METHOD_LABELS = {"lora": "LoRA (recommended)", "qlora": "QLoRA (4-bit base)", "full": "Full fine-tuning"}
+METHODS = [(METHOD_LABELS[m], m) for m in sorted(get_args(Method), key=list(METHOD_LABELS).index)]
 DEFAULT_PRESET = "Quick demo"
 
 

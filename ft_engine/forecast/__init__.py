@@ -43,7 +43,7 @@ What is available to compare with is probed in ft_engine/hardware.py (`available
 
 from ..hardware import available_memory, memory_cap  # here for older callers: patch them in hardware
 from .advice import plan, suggestions
-from .constants import ALWAYS_ALIVE, COMPONENTS, DEFAULTS, GIB, MIB, PHASES, VERDICTS, WHOLE_STEP, Constants
+from .constants import ALWAYS_ALIVE, COMPONENTS, DEFAULTS, GIB, MIB, PHASES, VERDICTS, WHOLE_STEP, Constants, Verdict
 from .estimate import (
                        SHARDED,
                        Forecast,
@@ -66,7 +66,7 @@ from .estimate import (
 from .shape import ATTENTION, LINEARS, LLAMA_1B_SHAPE, MLP, ModelShape, llama_1b_config, model_shape
 
 __all__ = ["ALWAYS_ALIVE", "ATTENTION", "COMPONENTS", "DEFAULTS", "GIB", "LINEARS", "LLAMA_1B_SHAPE", "MIB",
-           "MLP", "PHASES", "SHARDED", "VERDICTS", "WHOLE_STEP", "Constants", "Forecast", "ModelShape",
+           "MLP", "PHASES", "SHARDED", "VERDICTS", "Verdict", "WHOLE_STEP", "Constants", "Forecast", "ModelShape",
            "activation_bytes", "available_memory", "cpu_load_peak_bytes", "forecast", "lean_weight_bytes",
            "llama_1b_config", "local_model", "lora_params", "lora_targets", "memory_cap", "memory_first",
            "model_shape", "plan", "quant_constant_bytes", "quantized_bytes", "resolve_optimizer",

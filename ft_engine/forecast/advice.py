@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import hardware
 from ..config import RunConfig, lean_optimizer_problems
-from .constants import DEFAULTS, MIB, Constants
+from .constants import DEFAULTS, MIB, Constants, Verdict
 from .estimate import Forecast, forecast, verdict
 from .shape import ModelShape, model_shape
 
@@ -56,7 +56,7 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
     device = available[0] if isinstance(available, tuple) else None
     base = forecast(config, shape, device, constants, seq_len=seq_len, available=available,
                          processes=processes)
-    if verdict(base, available, constants) in ("fits", "unknown"):
+    if verdict(base, available, constants) in (Verdict.FITS, Verdict.UNKNOWN):
         return []
     lowering = []
     for desc, change in _candidates(config):
@@ -67,7 +67,7 @@ def suggestions(config: RunConfig, shape: ModelShape | None, available,
                          processes=processes)
         if fc.total_bytes < base.total_bytes:
             lowering.append((desc, new, fc))
-    for good in ("fits", "tight"):
+    for good in (Verdict.FITS, Verdict.TIGHT):
         fitting = [s for s in lowering if verdict(s[2], available, constants) == good]
         if fitting:
             return fitting

@@ -4,15 +4,27 @@ the phases of a GPU step, the verdicts, and `Constants`, every calibrated number
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-MIB = 1024 * 1024
-GIB = 1024 * MIB
+from ..units import GIB, MIB  # noqa: F401  (the forecast's units, re-exported)
 
 COMPONENTS = ("weights_frozen", "weights_trainable", "quant_constants", "gradients", "optimizer_state",
               "optimizer_temp", "autocast_copies", "activations", "logits_loss", "runtime_overhead")
 
-VERDICTS = ("fits", "tight", "will not fit")
+
+
+class Verdict(enum.StrEnum):
+    """What the forecast says of a run against the memory available (`estimate.verdict`). A
+    StrEnum: it prints, compares and serialises as its text, so status.json, `plan --json` and
+    the studio keep the words they always had."""
+    FITS = "fits"
+    TIGHT = "tight"
+    WILL_NOT_FIT = "will not fit"
+    UNKNOWN = "unknown"  # nothing known of what is available
+
+
+VERDICTS = (Verdict.FITS, Verdict.TIGHT, Verdict.WILL_NOT_FIT)
 
 ALWAYS_ALIVE = ("weights_frozen", "weights_trainable", "quant_constants", "gradients", "optimizer_state",
                 "runtime_overhead")

@@ -12,7 +12,7 @@ from typing import Any
 from .. import hardware, memory
 from ..config import ALL_LINEAR, BUNDLED_MODEL, RunConfig, lean_optimizer_problems
 from ..errors import UserError
-from .constants import COMPONENTS, DEFAULTS, MIB, PHASES, WHOLE_STEP, Constants
+from .constants import COMPONENTS, DEFAULTS, MIB, PHASES, WHOLE_STEP, Constants, Verdict
 from .shape import DTYPE_BYTES, LINEARS, ModelShape, model_shape
 
 
@@ -169,18 +169,18 @@ def memory_first(config: RunConfig, device: str) -> bool:
                                 or (config.method == "full" and config.optimizer == "adamw_lean"))
 
 
-def verdict(fc: Forecast, available, constants: Constants = DEFAULTS) -> str:
+def verdict(fc: Forecast, available, constants: Constants = DEFAULTS) -> Verdict:
     """`fits` (needed ≤ 85% of available: `Constants.tight_fraction`), `tight` (85-100%),
     `will not fit` (> available). `available`: bytes, or the tuple `hardware.available_memory`
     returns; `unknown` when it is None. Here, not in advice.py: `resolve_optimizer` needs it."""
     avail = hardware.available_bytes(available)
     if avail is None:
-        return "unknown"
+        return Verdict.UNKNOWN
     if fc.needed_bytes > avail:
-        return "will not fit"
+        return Verdict.WILL_NOT_FIT
     if fc.needed_bytes > constants.tight_fraction * avail:
-        return "tight"
-    return "fits"
+        return Verdict.TIGHT
+    return Verdict.FITS
 
 
 def resolve_optimizer(config: RunConfig, shape: ModelShape | None = None, device: str | None = None,
@@ -196,7 +196,7 @@ def resolve_optimizer(config: RunConfig, shape: ModelShape | None = None, device
         return "adamw_torch"
     plain = forecast(config.replace(optimizer="adamw_torch"), shape, device, constants,
                      seq_len=seq_len, tokens_per_batch=tokens_per_batch, processes=processes)
-    if verdict(plain, available, constants) == "fits":
+    if verdict(plain, available, constants) == Verdict.FITS:
         return "adamw_torch"
     device = plain.device
     if processes == 1 and not lean_optimizer_problems(config) and \

@@ -129,7 +129,10 @@ _SUPPORTED = {"llama", "mistral", "qwen2"}
 
 def model_shape(model) -> ModelShape:
     """The shape of `model`: a RunConfig model string (`bundled`, a local folder, a hub id,
-    or `llama-3.2-1b-shape`) or a transformers PretrainedConfig. Reads config.json only."""
+    or `llama-3.2-1b-shape`) or a transformers PretrainedConfig. Reads config.json only.
+    Callable from any thread: it loads the ML stack itself (stack.py)."""
+    from .. import stack
+    stack.load()
     from transformers import PretrainedConfig
     if isinstance(model, PretrainedConfig):
         cfg, name = model, getattr(model, "name_or_path", "") or model.model_type
