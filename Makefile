@@ -32,7 +32,7 @@ chromium:
 	fi
 
 test: setup chromium lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=25
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 # pyflakes, pycodestyle and import order (pyproject.toml [tool.ruff]); under a second
 lint: setup

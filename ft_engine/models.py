@@ -103,7 +103,14 @@ def bundled_model_dir() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.replace(target)
+        try:
+            tmp.replace(target)
+        except OSError:
+            # another process (a second studio, a parallel test worker) converted it first:
+            # its folder is complete (it was renamed into place whole), so ours is not needed
+            if not (target / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
         return target
 
 

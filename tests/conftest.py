@@ -19,6 +19,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # transformers. Where a run trains is tested where it matters, with real child processes:
 # tests/test_scale_out.py, tests/test_worker.py, the app-kill test and the browser test.
 os.environ.setdefault("FT_TRAIN_IN_PROCESS", "1")
+# `make test` runs the suite in two pytest-xdist workers (most of its time is single-threaded:
+# imports, servers starting, child processes). Two workers with torch's default of one thread a
+# core would oversubscribe the cores (OpenMP threads spin and wait on each other), so each worker
+# and what it starts use one thread; scale-out children get theirs from launch.py.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from tiny_model import make_tiny_model  # noqa: E402  (after the environment is set)
 
