@@ -26,40 +26,55 @@ import torch
 from torch import nn
 
 _LEVELS = 65536  # uint16 draws
+# Same-width integer types: a dropped-out tensor is its bits ANDed with a 0 / all-ones mask.
+_INT_OF_WIDTH = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 @torch.compiler.disable  # numpy's generator, not a graph: torch.compile must call it, not trace it
 def keep_mask(shape: torch.Size, p: float) -> np.ndarray:
-    """A boolean numpy array of `shape`: True with probability 1 − p."""
+    """A boolean numpy array of `shape`: True with probability 1 − p.
+    The generator's raw 64-bit words, read as four uint16 draws each: 2.6× faster than
+    Generator.bytes for the same bits (0.20 against 0.52 ms for a 512 × 576 mask, measured
+    here), which copies them through a Python bytes object."""
     n = int(np.prod(shape))
-    rng = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, ()))))
-    return (np.frombuffer(rng.bytes(2 * n), dtype=np.uint16) >= round(p * _LEVELS)).reshape(shape)
+    words = np.random.PCG64(int(torch.randint(0, 2**62, ()))).random_raw(-(-n // 4))
+    return (words.view(np.uint16)[:n] >= round(p * _LEVELS)).reshape(shape)
+
+
+def _zero_dropped(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """t with the elements where `keep` is False set to 0, as a bitwise AND of t's bits with a
+    0 / all-ones mask of the same width: on this CPU a 512 × 576 bf16 tensor takes 0.09 ms that
+    way against 0.21 ms for torch.where (plus 0.04 for the scaling it fused)."""
+    t = t.contiguous()
+    ints = _INT_OF_WIDTH[t.element_size()]
+    return (t.view(ints) & keep.to(ints).neg_()).view(t.dtype)
 
 
 class _DroppedMatmul(torch.autograd.Function):
+    """y = ((x ⊙ keep) / (1 − p)) · Wᵀ, computed as (x ⊙ keep) · (W / (1 − p))ᵀ: the scale goes
+    on the adapter's small A matrix (r × in), not on the token × in input."""
+
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, x, weight, p):
         keep = keep_mask(x.shape, p)
-        dropped = torch.where(torch.from_numpy(keep), x * (1.0 / (1.0 - p)), 0)
         ctx.save_for_backward(x, weight, torch.from_numpy(np.packbits(keep, axis=None)))
         ctx.p = p
-        return nn.functional.linear(dropped, weight)
+        return nn.functional.linear(_zero_dropped(x, torch.from_numpy(keep)), weight * (1.0 / (1.0 - p)))
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_y):
         x, weight, bits = ctx.saved_tensors
-        n = x.numel()
-        keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).view(bool).reshape(x.shape))
-        scale = 1.0 / (1.0 - ctx.p)
+        keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=x.numel()).view(bool).reshape(x.shape))
+        scaled = weight * (1.0 / (1.0 - ctx.p))
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            g = grad_y @ weight.to(grad_y.dtype)
-            grad_x = torch.where(keep, g * scale, 0).to(x.dtype)
+            grad_x = _zero_dropped(grad_y @ scaled.to(grad_y.dtype), keep).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            dropped = torch.where(keep, x * scale, 0).to(grad_y.dtype)
+            dropped = _zero_dropped(x.to(grad_y.dtype), keep)
             grad_w = (grad_y.reshape(-1, grad_y.shape[-1]).T @ dropped.reshape(-1, x.shape[-1])).to(weight.dtype)
+            grad_w.mul_(1.0 / (1.0 - ctx.p))
         return grad_x, grad_w, None
 
 

@@ -212,6 +212,20 @@ def test_chunked_loss_under_bf16_autocast_stays_close():
     assert abs(float(s) - float(plain)) / float(plain) < 1e-2
 
 
+def test_chunked_loss_of_very_unlikely_targets_is_exact():
+    """Targets far below fp32's smallest normal probability (losses of 100-2,000): read from the
+    softmax they would be inf or lose digits; the loss must still be the plain one."""
+    torch.manual_seed(2)
+    hidden = torch.randn(40, 16)
+    weight = torch.randn(300, 16)
+    targets = torch.randint(0, 300, (40,))
+    hidden[:10] *= 60  # logits in the hundreds: most targets get a probability of e^-100 or less
+    s, n = linear_cross_entropy_sum(hidden, weight, targets)
+    plain = nn.functional.cross_entropy(hidden.double() @ weight.double().T, targets, reduction="sum")
+    assert float(plain) > 1000 and torch.isfinite(s)
+    assert abs(float(s) - float(plain)) / float(plain) < 1e-6
+
+
 def test_a_batch_with_nothing_trained_gives_zero_loss_and_a_graph():
     hidden = torch.randn(2, 5, 8, requires_grad=True)
     s, n = linear_cross_entropy_sum(hidden, torch.randn(11, 8), torch.full((2, 5), IGNORE_INDEX))
@@ -252,6 +266,30 @@ def test_fused_dropout_matches_dropout_then_matmul(monkeypatch):
     assert torch.allclose(gx, rx, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)
     fused.eval()
     assert torch.equal(fused(x), a(x))  # no dropout outside training
+
+
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32])
+def test_fused_dropout_under_bf16_autocast_matches_dropout_then_matmul(monkeypatch, x_dtype):
+    """As the engine runs it on a CPU with AVX512-BF16: fp32 adapter weights, autocast to
+    bf16, inputs in bf16 (a bf16 base) or fp32, and a non-contiguous input."""
+    from ft_engine import fast_dropout
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 24, dtype=x_dtype).transpose(0, 1).requires_grad_()
+    a = nn.Linear(24, 4, bias=False)
+    keep = torch.rand(x.shape) > 0.25
+    monkeypatch.setattr(fast_dropout, "keep_mask", lambda shape, p: keep.numpy())
+    fused = fast_dropout.DroppedLinear(a, 0.25)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fused(x)
+        ref = nn.functional.linear(torch.where(keep, x / 0.75, 0), a.weight)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    g = torch.randn(y.shape, dtype=torch.bfloat16)
+    gx, gw = torch.autograd.grad(y, [x, a.weight], g)
+    rx, rw = torch.autograd.grad(ref, [x, a.weight], g)
+    assert gx.dtype == x_dtype and gw.dtype == torch.float32
+    assert (gx[~keep] == 0).all()  # dropped inputs get no gradient
+    for got, want in ((y, ref), (gx, rx), (gw, rw)):  # bf16 rounding: two ulps of the largest value
+        assert (got.float() - want.float()).abs().max() <= 2 ** -6 * want.float().abs().max()
 
 
 def test_fused_dropout_keeps_one_minus_p_and_follows_the_torch_seed():

@@ -91,9 +91,10 @@ class Constants:
     models before the CPU allocator's share was told apart (CPU now uses
     `cpu_backward_layers_frozen` and `cpu_layer_factor_*`); to recheck on a GPU."""
     chunk_logits_copies: float = 1.5
-    """chunks of fp32 logits alive in the chunked loss (loss.py): the logits, turned into
-    their gradient in place, and that gradient's compute-dtype copy (half a chunk in bf16; a
-    whole one would be fp32, where it is the same tensor)."""
+    """chunks of fp32 logits alive at once in the chunked loss (loss.py), half precision: the
+    fp32 softmax beside the bf16/fp16 logits, then beside the gradient's half-precision copy."""
+    chunk_logits_copies_fp32: float = 2.0
+    """the same in fp32: the logits and their softmax, two whole fp32 chunks."""
 
     # --- CPU, frozen base: what glibc's allocator keeps -----------------------------------------
     cpu_layer_factor_lora: float = 1.42

@@ -242,7 +242,7 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     Autocast copies: with bf16/fp16 autocast on CUDA the half-precision casts of fp32 trainable
       linear weights are cached for the step: 2 B per such param (full: all linears and lm_head).
     Activations: see `activation_bytes`. Logits/loss: the chunked loss (loss.py) holds one
-      chunk of fp32 logits (and its compute-dtype copy) and the gathered hidden states of the
+      chunk's fp32 softmax and its logits (or gradient) and the gathered hidden states of the
       trained tokens with their gradient: chunk_logits_copies * chunk + 2 * tokens * hidden.
     Overhead: CPU process baseline, and what the load peak (`cpu_load_peak_bytes`) exceeds the
       training peak by, if it does (details["peak_while"] says which phase peaks); on CUDA the
@@ -359,7 +359,8 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     if device == "cpu" and passed < tokens:
         comp["activations"] += int(c.cpu_pass_widths_retained * comp["activations"])
     chunk = min(passed, chunk_rows(shape.vocab)) * shape.vocab * 4
-    comp["logits_loss"] = int(c.chunk_logits_copies * chunk + 2 * passed * shape.hidden * (2 if half else 4))
+    copies = c.chunk_logits_copies if half else c.chunk_logits_copies_fp32
+    comp["logits_loss"] = int(copies * chunk + 2 * passed * shape.hidden * (2 if half else 4))
     if device == "cpu":
         comp["runtime_overhead"] += c.cpu_process_baseline
     else:
