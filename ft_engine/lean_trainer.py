@@ -29,6 +29,7 @@ from transformers import Trainer
 from . import distributed
 from .lean_optimizer import AdamWInBackward
 from .loss import (
+    LossWorkspace,
     SharedHeadGradient,
     fused_cuda_loss_available,
     fused_cuda_loss_sum,
@@ -63,8 +64,8 @@ def trains_tied_embedding(lm: nn.Module) -> bool:
             and emb.weight.requires_grad and torch.is_grad_enabled())
 
 
-def packed_loss_sum(model: nn.Module, lm: nn.Module, inputs: dict,
-                    defer_head_gradient: bool = False) -> tuple[torch.Tensor, int]:
+def packed_loss_sum(model: nn.Module, lm: nn.Module, inputs: dict, defer_head_gradient: bool = False,
+                    workspace: LossWorkspace | None = None) -> tuple[torch.Tensor, int]:
     """(summed loss over trained tokens, their number) for one packed batch (packing.py).
     `model` is what is trained (maybe peft-wrapped), `lm` the *ForCausalLM inside it.
     defer_head_gradient: a trained tied head's gradient is made at the end of backward, not in
@@ -82,17 +83,21 @@ def packed_loss_sum(model: nn.Module, lm: nn.Module, inputs: dict,
         shared = SharedHeadGradient(defer=defer_head_gradient)
         embeds = tied_embedding(inputs["input_ids"], lm.get_input_embeddings(), shared)
         hidden = decoder(inputs_embeds=embeds, position_ids=inputs["position_ids"], use_cache=False).last_hidden_state
-        return linear_cross_entropy_sum(hidden, weight, targets, shared)
+        return linear_cross_entropy_sum(hidden, weight, targets, shared, workspace)
     hidden = decoder(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
                      use_cache=False).last_hidden_state
     loss_fn = fused_cuda_loss_sum if fused_cuda_loss_available(hidden.device) else linear_cross_entropy_sum
-    return loss_fn(hidden, weight, targets)
+    if loss_fn is fused_cuda_loss_sum:
+        return loss_fn(hidden, weight, targets)
+    return loss_fn(hidden, weight, targets, workspace=workspace)
 
 
 class LeanTrainer(Trainer):
-    def __init__(self, *args, defer_head_gradient: bool = False, pass_budget: int | None = None, **kwargs):
+    def __init__(self, *args, defer_head_gradient: bool = False, pass_budget: int | None = None,
+                 loss_workspace: LossWorkspace | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.defer_head_gradient = defer_head_gradient  # see packed_loss_sum
+        self.loss_workspace = loss_workspace  # the loss's reused chunk buffers (loss.LossWorkspace)
         self.pass_budget = pass_budget  # token slots per pass (packing.pass_budget); None: one pass
         # Our compute_loss divides by num_items_in_batch; make the Trainer count it (from the
         # batch's shift_labels) and not divide again by the accumulation steps.
@@ -153,7 +158,7 @@ class LeanTrainer(Trainer):
 
         def loss_inside(*_args, **_kwargs):
             with self.accelerator.autocast():
-                return packed_loss_sum(inner, lm, inputs, self.defer_head_gradient)
+                return packed_loss_sum(inner, lm, inputs, self.defer_head_gradient, self.loss_workspace)
         with _forward_replaced(inner, loss_inside):
             return model()
 

@@ -46,6 +46,29 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype
 
 
+class LossWorkspace:
+    """The chunked loss's three chunk-sized buffers (logits, their fp32 softmax, the gradient's
+    compute-dtype copy), kept from chunk to chunk and pass to pass. On a CPU each of them is a
+    fresh mapping from glibc when allocated anew (64 MiB is over its 32 MiB mmap threshold), so
+    every chunk paid for page faults on memory it had just given back: in a profile of five
+    LoRA steps on the bundled model, 40 ms for each softmax into a new fp32 chunk against 3.8 ms
+    into one already touched, 5% of the step (2026-12-04). The buffers then live as long as
+    their owner (the trainer), two chunks' worth of memory in half precision (64 + 2 × 32 MiB
+    for a 49,152-word vocabulary): a run that puts memory first does without."""
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, rows: int, capacity: int, cols: int, dtype: torch.dtype,
+             device: torch.device) -> torch.Tensor:
+        """A rows × cols view of the buffer `name`, made once for `capacity` rows."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < capacity * cols or buf.dtype != dtype or buf.device != device:
+            self._buffers.pop(name, None)  # the old one goes before the new one is made
+            buf = self._buffers[name] = torch.empty(capacity * cols, dtype=dtype, device=device)
+        return buf[:rows * cols].view(rows, cols)
+
+
 class SharedHeadGradient:
     """The head's gradient handed from the loss to the tied embedding's backward (see
     `tied_embedding`) instead of through autograd.
@@ -86,24 +109,37 @@ def _grad_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.float32 if weight.dtype == torch.float32 else weight.dtype
 
 
-def _head_chunks(hidden, w, targets, dtype, grad_h=None, grad_w=None) -> torch.Tensor:
+def _head_chunks(hidden, w, targets, dtype, grad_h=None, grad_w=None,
+                 workspace: LossWorkspace | None = None) -> torch.Tensor:
     """The summed loss of hidden·wᵀ against targets, chunk by chunk; adds ∂/∂h into grad_h
     and ∂/∂W into grad_w (unscaled) where they are given.
 
-    Per chunk: the logits by `linear` (h·Wᵀ as torch.mm(h, w.T) ran 1.6× slower on this CPU:
-    99 against 60 ms for 320 × 576 × 49,152 in bf16), their softmax in fp32 in one kernel
-    (torch.softmax: 29 ms where logsumexp, subtracting it and exp took 45 + 33 + 40), and
+    Per chunk: the logits (`linear`, or `mm` into the workspace: both 24.3 ms for 341 × 576 ×
+    49,152 in bf16 on this CPU, 2026-12-04), their softmax in fp32 (torch.softmax, in place:
+    one kernel where logsumexp, subtracting it and exp took three passes and 45 + 33 + 40 ms), and
     each token's loss read from it: −log softmax[target] (equal to logsumexp − logit to 2e-6
     here). A target whose probability is below fp32's normal range (a loss above ~69) has
-    its loss recomputed from the logits instead."""
+    its loss recomputed from the logits instead. `workspace`: the chunk-sized tensors are
+    written into its buffers instead of new ones."""
     n, rows = hidden.shape[0], chunk_rows(w.shape[0])
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
         for s in range(0, n, rows):
             h = hidden[s:s + rows].to(dtype)
             t = targets[s:s + rows]
-            logits = torch.nn.functional.linear(h, w)
-            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # no fp32 copy of the logits
+            r, vocab = h.shape[0], w.shape[0]
+
+            def buffer(name, dt):
+                return None if workspace is None else workspace.take(name, r, rows, vocab, dt, h.device)
+            if workspace is None:
+                logits = torch.nn.functional.linear(h, w)
+            else:
+                logits = torch.mm(h, w.t(), out=buffer("logits", dtype))  # as fast as linear here
+            # The fp32 softmax computed in place on an fp32 copy of the logits: softmax(dtype=float32)
+            # of bf16 logits makes that copy itself, in a new tensor, and took 62 ms a chunk
+            # in a LoRA step against 2 + 4 ms this way (2026-12-04).
+            probs = logits.float() if workspace is None else buffer("probs", torch.float32).copy_(logits)
+            probs = torch.softmax(probs, dim=-1, out=probs)
             at = torch.arange(len(t), device=t.device)
             p_target = probs[at, t]
             losses = -torch.log(p_target)
@@ -115,7 +151,8 @@ def _head_chunks(hidden, w, targets, dtype, grad_h=None, grad_w=None) -> torch.T
             total += losses.sum()
             if grad_h is not None or grad_w is not None:
                 probs[at, t] -= 1  # ∂loss/∂z = softmax − onehot, in place of the softmax
-                dz = probs.to(dtype)
+                dz = probs if dtype == torch.float32 else \
+                    probs.to(dtype) if workspace is None else buffer("dz", dtype).copy_(probs)
                 del probs
                 if grad_h is not None:
                     grad_h[s:s + rows] = (dz @ w).to(grad_h.dtype)
@@ -138,14 +175,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     back through autograd."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, dtype, want_h, want_w, shared=None):
+    def forward(ctx, hidden, weight, targets, dtype, want_h, want_w, shared=None, workspace=None):
         w = weight.to(dtype)
         grad_h = torch.empty_like(hidden) if want_h else None
         defer = shared is not None and shared.defer and want_w
         # Made here, the head's gradient lives to the end of backward (see SharedHeadGradient).
         grad_w = torch.zeros(weight.shape, dtype=_grad_dtype(weight), device=weight.device) \
             if want_w and not defer else None
-        total = _head_chunks(hidden, w, targets, dtype, grad_h, grad_w)
+        total = _head_chunks(hidden, w, targets, dtype, grad_h, grad_w, workspace)
         if defer:
             shared.pending = (hidden.detach(), weight, targets, dtype)
         elif shared is not None:
@@ -163,16 +200,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
         # in place: this buffer is as big as the head, and backward runs once
         gw = grad_w.mul_(grad_out.to(grad_w.dtype)).to(ctx.weight_dtype) if grad_w is not None else None
-        return gh, gw, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                             shared: SharedHeadGradient | None = None) -> tuple[torch.Tensor, int]:
+                             shared: SharedHeadGradient | None = None,
+                             workspace: LossWorkspace | None = None) -> tuple[torch.Tensor, int]:
     """(sum of token losses, number of trained tokens) for hidden states (..., d), the output
     head's weight (vocab, d) and targets (...) where IGNORE_INDEX marks untrained positions.
     Equal to cross_entropy(hidden @ weight.T, targets, reduction='sum') to float rounding.
     `shared`: the head's weight is the embedding's, trained through `tied_embedding`, which
-    receives the head's gradient there."""
+    receives the head's gradient there. `workspace`: buffers reused from call to call."""
     keep = targets.reshape(-1) != IGNORE_INDEX
     h = hidden.reshape(-1, hidden.shape[-1])[keep]  # only trained positions reach the head
     t = targets.reshape(-1)[keep]
@@ -182,8 +220,9 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
     grad_on = torch.is_grad_enabled()
     want_h, want_w = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
     if shared is not None:  # the weight's gradient goes through the embedding, not from here
-        return _LinearCrossEntropy.apply(h, weight.detach(), t, _compute_dtype(h), want_h, want_w, shared), count
-    return _LinearCrossEntropy.apply(h, weight, t, _compute_dtype(h), want_h, want_w), count
+        return _LinearCrossEntropy.apply(h, weight.detach(), t, _compute_dtype(h), want_h, want_w, shared,
+                                         workspace), count
+    return _LinearCrossEntropy.apply(h, weight, t, _compute_dtype(h), want_h, want_w, None, workspace), count
 
 
 class _TiedEmbedding(torch.autograd.Function):

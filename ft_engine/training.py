@@ -33,9 +33,10 @@ from .config import RunConfig
 from .data import first_rows, load_examples, select_rows
 from .disk import check_disk, planned_steps
 from .errors import UserError, hide_tokens
-from .forecast.estimate import memory_first
+from .forecast.estimate import keeps_loss_workspace, memory_first
 from .lean_optimizer import AdamWInBackward
 from .lean_trainer import LeanTrainer
+from .loss import LossWorkspace
 from .models import build_model, check_max_seq_len, load_tokenizer, resolve_precision
 from .packing import PackedBatch, pass_budget
 from .render import EncodedData, encode_all
@@ -459,7 +460,9 @@ class TrainingJob:
                               data_collator=collator, processing_class=self.tokenizer,
                               callbacks=[callback], optimizers=(optimizer, None),
                               defer_head_gradient=lean,  # adamw_lean: memory first
-                              pass_budget=budget)
+                              pass_budget=budget,
+                              loss_workspace=LossWorkspace() if keeps_loss_workspace(
+                                  cfg, "cuda" if torch.cuda.is_available() else "cpu") else None)
         # weakly: the job outlives its trainer, and must not keep it (and the model) alive
         trainer_ref = weakref.ref(trainer)
         callback.paused_s = lambda: getattr(trainer_ref(), "paused_s", 0.0)

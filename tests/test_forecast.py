@@ -268,10 +268,15 @@ def test_activation_checkpointing_and_batch_lower_activations():
         half = forecast(cfg.replace(batch_size=4), shape, "cpu").components["activations"]
         assert half < base
         # the chunked loss: one chunk of fp32 logits (all 4,096 tokens fit one chunk of a
-        # 400-word vocabulary) 1.5 times, and the trained tokens' hidden states and gradient
-        act_bytes = 2 if resolve_precision(cfg, "cpu") == "bf16" else 4
+        # 400-word vocabulary) twice with the trainer's kept buffers (logits, fp32 softmax,
+        # gradient copy), 1.5 times in half precision without them (memory first), and the
+        # trained tokens' hidden states and gradient
+        in_half = resolve_precision(cfg, "cpu") == "bf16"
+        act_bytes = 2 if in_half else 4
         assert forecast(cfg, shape, "cpu").components["logits_loss"] == \
-            int(1.5 * 8 * 512 * 400 * 4 + 2 * 8 * 512 * 64 * act_bytes)
+            int(2.0 * 8 * 512 * 400 * 4 + 2 * 8 * 512 * 64 * act_bytes)
+        assert forecast(cfg.replace(activation_checkpointing=True), shape, "cpu").components["logits_loss"] == \
+            int((1.5 if in_half else 2.0) * 8 * 512 * 400 * 4 + 2 * 8 * 512 * 64 * act_bytes)
         # a known dataset whose 8 longest rows hold 1,000 tokens: activations follow them
         few = forecast(cfg, shape, "cpu", seq_len=512, tokens_per_batch=1000).components["activations"]
         assert few < base / 3

@@ -10,7 +10,7 @@ from ft_engine.config import RunConfig
 from ft_engine.data import load_examples
 from ft_engine.errors import ConfigError
 from ft_engine.lean_trainer import LeanTrainer, causal_lm, packed_loss_sum, plain_head
-from ft_engine.loss import chunk_rows, linear_cross_entropy_sum
+from ft_engine.loss import LossWorkspace, chunk_rows, linear_cross_entropy_sum
 from ft_engine.models import build_model, load_tokenizer
 from ft_engine.packing import CPU_PASS_TOKENS, PackedBatch, pack_lanes, pass_budget, pass_tokens, split_passes
 from ft_engine.render import IGNORE_INDEX, encode_all
@@ -198,6 +198,39 @@ def test_chunked_loss_and_gradients_equal_the_plain_loss(head_trains, monkeypatc
     assert abs(float(loss) - float(plain)) < 1e-5
     for g, p in zip(grads, plain_grads):
         assert torch.allclose(g, p, atol=1e-5), float((g - p).abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_chunked_loss_with_a_workspace_equals_it_without_and_reuses_its_buffers(dtype, monkeypatch):
+    """The trainer's LossWorkspace: the same loss and gradients bit for bit, over several calls
+    of different lengths (a short last chunk, a short call), the buffers made once."""
+    monkeypatch.setattr("ft_engine.loss.CHUNK_LOGITS_BYTES", 4 * 1000 * 20)  # 20 rows a chunk
+    torch.manual_seed(3)
+    weight = 0.3 * torch.randn(1000, 24)
+    workspace, made = LossWorkspace(), set()
+    for tokens in (57, 13, 40):  # 3 chunks (the last one short), 1 short one, 2 whole ones
+        hidden = torch.randn(tokens, 24).requires_grad_(True)
+        targets = torch.randint(0, 1000, (tokens,))
+        results = []
+        for ws in (None, workspace):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                s, n = linear_cross_entropy_sum(hidden, weight, targets, workspace=ws)
+            results.append((s.detach(), torch.autograd.grad(s, hidden)[0]))
+        (s0, g0), (s1, g1) = results
+        assert torch.equal(s0, s1) and torch.equal(g0, g1)
+        made |= {b.data_ptr() for b in workspace._buffers.values()}
+    names = {"logits", "probs"} | ({"dz"} if dtype == torch.bfloat16 else set())
+    assert set(workspace._buffers) == names
+    assert len(made) == len(names)  # never made again
+    assert all(b.numel() == 20 * 1000 for b in workspace._buffers.values())
+
+
+def test_the_trainer_keeps_loss_buffers_on_a_cpu_unless_memory_comes_first():
+    from ft_engine.forecast.estimate import keeps_loss_workspace
+    assert keeps_loss_workspace(RunConfig(method="lora"), "cpu")
+    assert not keeps_loss_workspace(RunConfig(method="lora", activation_checkpointing=True), "cpu")
+    assert not keeps_loss_workspace(RunConfig(method="full", optimizer="adamw_lean"), "cpu")
+    assert not keeps_loss_workspace(RunConfig(method="lora"), "cuda")
 
 
 def test_chunked_loss_under_bf16_autocast_stays_close():

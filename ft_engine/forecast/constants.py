@@ -93,8 +93,10 @@ class Constants:
     chunk_logits_copies: float = 1.5
     """chunks of fp32 logits alive at once in the chunked loss (loss.py), half precision: the
     fp32 softmax beside the bf16/fp16 logits, then beside the gradient's half-precision copy."""
-    chunk_logits_copies_fp32: float = 2.0
-    """the same in fp32: the logits and their softmax, two whole fp32 chunks."""
+    chunk_logits_copies_kept: float = 2.0
+    """the same in fp32 (the logits and their softmax, two whole fp32 chunks), and wherever the
+    trainer keeps the loss's buffers (loss.LossWorkspace: the half-precision logits, the fp32
+    softmax and the gradient's half-precision copy, all alive from the first chunk on)."""
 
     # --- CPU, frozen base: what glibc's allocator keeps -----------------------------------------
     cpu_layer_factor_lora: float = 1.42

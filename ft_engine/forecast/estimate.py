@@ -169,6 +169,12 @@ def memory_first(config: RunConfig, device: str) -> bool:
                                 or (config.method == "full" and config.optimizer == "adamw_lean"))
 
 
+def keeps_loss_workspace(config: RunConfig, device: str) -> bool:
+    """The trainer keeps the chunked loss's buffers (loss.LossWorkspace) between chunks and
+    passes: on a CPU (where each new chunk costs page faults), unless memory comes first."""
+    return device == "cpu" and not memory_first(config, device)
+
+
 def verdict(fc: Forecast, available, constants: Constants = DEFAULTS) -> Verdict:
     """`fits` (needed ≤ 85% of available: `Constants.tight_fraction`), `tight` (85-100%),
     `will not fit` (> available). `available`: bytes, or the tuple `hardware.available_memory`
@@ -359,7 +365,8 @@ def forecast(config: RunConfig, shape: ModelShape | None = None, device: str | N
     if device == "cpu" and passed < tokens:
         comp["activations"] += int(c.cpu_pass_widths_retained * comp["activations"])
     chunk = min(passed, chunk_rows(shape.vocab)) * shape.vocab * 4
-    copies = c.chunk_logits_copies if half else c.chunk_logits_copies_fp32
+    copies = c.chunk_logits_copies if half and not keeps_loss_workspace(config, device) \
+        else c.chunk_logits_copies_kept
     comp["logits_loss"] = int(copies * chunk + 2 * passed * shape.hidden * (2 if half else 4))
     if device == "cpu":
         comp["runtime_overhead"] += c.cpu_process_baseline
