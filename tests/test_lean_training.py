@@ -245,7 +245,8 @@ def test_chunked_loss_under_bf16_autocast_stays_close():
     assert abs(float(s) - float(plain)) / float(plain) < 1e-2
 
 
-def test_chunked_loss_of_very_unlikely_targets_is_exact():
+@pytest.mark.parametrize("kept_buffers", [False, True])
+def test_chunked_loss_of_very_unlikely_targets_is_exact(kept_buffers):
     """Targets far below fp32's smallest normal probability (losses of 100-2,000): read from the
     softmax they would be inf or lose digits; the loss must still be the plain one."""
     torch.manual_seed(2)
@@ -253,7 +254,7 @@ def test_chunked_loss_of_very_unlikely_targets_is_exact():
     weight = torch.randn(300, 16)
     targets = torch.randint(0, 300, (40,))
     hidden[:10] *= 60  # logits in the hundreds: most targets get a probability of e^-100 or less
-    s, n = linear_cross_entropy_sum(hidden, weight, targets)
+    s, n = linear_cross_entropy_sum(hidden, weight, targets, workspace=LossWorkspace() if kept_buffers else None)
     plain = nn.functional.cross_entropy(hidden.double() @ weight.double().T, targets, reduction="sum")
     assert float(plain) > 1000 and torch.isfinite(s)
     assert abs(float(s) - float(plain)) / float(plain) < 1e-6
