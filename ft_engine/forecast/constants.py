@@ -110,11 +110,14 @@ class Constants:
     Llama at 8x512 (tests/test_forecast.py), SmolLM2-135M (30 layers) at 1x256 and 4x512,
     Llama-3.2-1B-shaped (16 layers) at 1x256 and 2x512. Full fine-tuning shows no such extra
     (its gradients, allocated in backward and kept, fill the holes): the factor is 1 there."""
-    cpu_layer_factor_lora_half: float = 1.78
+    cpu_layer_factor_lora_half: float = 1.43
     """`cpu_layer_factor_lora` for bf16 runs on a CPU (padding-free batches, fused dropout):
-    fitted to SmolLM2-135M LoRA at 4x512 on 2026-12-02 (bench/forecast_accuracy.py: 3,471 MiB
-    measured, 2,988 forecast with the fp32 factor); 1x256 then lands within 1%. The smaller
-    bf16 tensors leave more of their freed memory in glibc's heap than fp32 ones did."""
+    1.78 when fitted to SmolLM2-135M LoRA at 4x512 on 2026-12-02. The faster dropout and the
+    loss's kept buffers (2026-12-04) left less freed memory behind, unevenly: at 4x512 with rows
+    of exactly 512 tokens (bench/forecast_accuracy.py --only bundled) the peak fell from 1,717
+    to 1,515 MiB, on the vs_trl workload (batch 8, rows of 44-512 tokens, passes of 512 token
+    slots, the same forecast) it is 1,853-1,874 MiB. 1.43 sits between them: +10% and -10%,
+    where 1.78 over-forecast the first by 20%. (1x256 peaks while loading: +4.7%.)"""
     cpu_qlora_load_transient: float = 0.3
     """Loading for QLoRA on CPU peaks this share of the checkpoint file above the file, the
     4-bit weights and the rest (tensors on their way to 4 bits, loader bookkeeping; the cause
