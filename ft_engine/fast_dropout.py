@@ -67,9 +67,9 @@ class _DroppedMatmul(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, weight, bits = ctx.saved_tensors
         keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=x.numel()).view(bool).reshape(x.shape))
-        scaled = weight * (1.0 / (1.0 - ctx.p))
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
+            scaled = weight * (1.0 / (1.0 - ctx.p))
             grad_x = _zero_dropped(grad_y @ scaled.to(grad_y.dtype), keep).to(x.dtype)
         if ctx.needs_input_grad[1]:
             dropped = _zero_dropped(x.to(grad_y.dtype), keep)

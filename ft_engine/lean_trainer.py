@@ -86,10 +86,9 @@ def packed_loss_sum(model: nn.Module, lm: nn.Module, inputs: dict, defer_head_gr
         return linear_cross_entropy_sum(hidden, weight, targets, shared, workspace)
     hidden = decoder(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
                      use_cache=False).last_hidden_state
-    loss_fn = fused_cuda_loss_sum if fused_cuda_loss_available(hidden.device) else linear_cross_entropy_sum
-    if loss_fn is fused_cuda_loss_sum:
-        return loss_fn(hidden, weight, targets)
-    return loss_fn(hidden, weight, targets, workspace=workspace)
+    if fused_cuda_loss_available(hidden.device):
+        return fused_cuda_loss_sum(hidden, weight, targets)
+    return linear_cross_entropy_sum(hidden, weight, targets, workspace=workspace)
 
 
 class LeanTrainer(Trainer):

@@ -56,12 +56,15 @@ class LossWorkspace:
     their owner (the trainer), two chunks' worth of memory in half precision (64 + 2 × 32 MiB
     for a 49,152-word vocabulary): a run that puts memory first does without."""
 
-    def __init__(self):
+    def __init__(self, keep: bool = True):
+        self.keep = keep  # False: a new tensor every time (the loss without a workspace)
         self._buffers: dict[str, torch.Tensor] = {}
 
     def take(self, name: str, rows: int, capacity: int, cols: int, dtype: torch.dtype,
              device: torch.device) -> torch.Tensor:
         """A rows × cols view of the buffer `name`, made once for `capacity` rows."""
+        if not self.keep:
+            return torch.empty(rows, cols, dtype=dtype, device=device)
         buf = self._buffers.get(name)
         if buf is None or buf.numel() < capacity * cols or buf.dtype != dtype or buf.device != device:
             self._buffers.pop(name, None)  # the old one goes before the new one is made
@@ -114,8 +117,8 @@ def _head_chunks(hidden, w, targets, dtype, grad_h=None, grad_w=None,
     """The summed loss of hidden·wᵀ against targets, chunk by chunk; adds ∂/∂h into grad_h
     and ∂/∂W into grad_w (unscaled) where they are given.
 
-    Per chunk: the logits (`linear`, or `mm` into the workspace: both 24.3 ms for 341 × 576 ×
-    49,152 in bf16 on this CPU, 2026-12-04), their softmax in fp32 (torch.softmax, in place:
+    Per chunk: the logits (`mm` into the chunk's buffer, as fast as `linear`: both 24.3 ms for
+    341 × 576 × 49,152 in bf16 on this CPU, 2026-12-04), their softmax in fp32 (torch.softmax, in place:
     one kernel where logsumexp, subtracting it and exp took three passes and 45 + 33 + 40 ms), and
     each token's loss read from it: −log softmax[target] (equal to logsumexp − logit to 2e-6
     here). A target whose probability is below fp32's normal range (a loss above ~69) has
@@ -123,27 +126,21 @@ def _head_chunks(hidden, w, targets, dtype, grad_h=None, grad_w=None,
     written into its buffers instead of new ones."""
     n, rows = hidden.shape[0], chunk_rows(w.shape[0])
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    workspace = workspace or _NEW_TENSORS
     with torch.autocast(hidden.device.type, enabled=False):
         for s in range(0, n, rows):
             h = hidden[s:s + rows].to(dtype)
             t = targets[s:s + rows]
-            r, vocab = h.shape[0], w.shape[0]
 
             def buffer(name, dt):
-                return None if workspace is None else workspace.take(name, r, rows, vocab, dt, h.device)
-            if workspace is None:
-                logits = torch.nn.functional.linear(h, w)
-            else:
-                logits = torch.mm(h, w.t(), out=buffer("logits", dtype))  # as fast as linear here
-            # The fp32 softmax computed in place on an fp32 copy of the logits: softmax(dtype=float32)
-            # of bf16 logits makes that copy itself, in a new tensor, and took 62 ms a chunk
-            # in a LoRA step against 2 + 4 ms this way (2026-12-04).
-            # (fp32 logits without a workspace: a new tensor, since the logits are read again below)
-            if workspace is None and logits.dtype == torch.float32:
-                probs = torch.softmax(logits, dim=-1)
-            else:
-                probs = logits.float() if workspace is None else buffer("probs", torch.float32).copy_(logits)
-                probs = torch.softmax(probs, dim=-1, out=probs)
+                return workspace.take(name, h.shape[0], rows, w.shape[0], dt, h.device)
+            logits = torch.mm(h, w.t(), out=buffer("logits", dtype))
+            # The fp32 softmax computed in place on an fp32 copy of the logits (which are read
+            # again below): softmax(dtype=float32) of bf16 logits makes that copy itself, in a
+            # new tensor, and took 62 ms a chunk in a LoRA step against 2 + 4 ms this way
+            # with kept buffers (2026-12-04).
+            probs = buffer("probs", torch.float32).copy_(logits)
+            probs = torch.softmax(probs, dim=-1, out=probs)
             at = torch.arange(len(t), device=t.device)
             p_target = probs[at, t]
             losses = -torch.log(p_target)
@@ -155,8 +152,7 @@ def _head_chunks(hidden, w, targets, dtype, grad_h=None, grad_w=None,
             total += losses.sum()
             if grad_h is not None or grad_w is not None:
                 probs[at, t] -= 1  # ∂loss/∂z = softmax − onehot, in place of the softmax
-                dz = probs if dtype == torch.float32 else \
-                    probs.to(dtype) if workspace is None else buffer("dz", dtype).copy_(probs)
+                dz = probs if dtype == torch.float32 else buffer("dz", dtype).copy_(probs)
                 del probs
                 if grad_h is not None:
                     grad_h[s:s + rows] = (dz @ w).to(grad_h.dtype)
@@ -167,6 +163,8 @@ def _head_chunks(hidden, w, targets, dtype, grad_h=None, grad_w=None,
                         grad_w.addmm_(dz.T.to(grad_w.dtype), h.to(grad_w.dtype))
     return total
 
+
+_NEW_TENSORS = LossWorkspace(keep=False)  # no workspace given: every chunk's tensors are new
 
 # Below this a softmax probability is no longer a normal fp32 number (1.2e-38) long before it is
 # 0: −log of it loses digits, so those targets' losses come from logsumexp − logit.

@@ -446,7 +446,8 @@ class TrainingJob:
         # Padding-free: one lane per batch with flash-attention's variable-length kernel, else
         # lanes no longer than the batch's longest row (packing.py says why).
         # A batch cut into passes (tokens_per_pass) keeps its lanes: a pass is whole lanes.
-        budget = pass_budget(cfg.tokens_per_pass, "cuda" if torch.cuda.is_available() else "cpu",
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        budget = pass_budget(cfg.tokens_per_pass, device,
                              step_in_backward=lean)
         collator = PackedBatch(self.tokenizer.pad_token_id,
                                single_lane=model.config._attn_implementation == "flash_attention_2"
@@ -461,8 +462,7 @@ class TrainingJob:
                               callbacks=[callback], optimizers=(optimizer, None),
                               defer_head_gradient=lean,  # adamw_lean: memory first
                               pass_budget=budget,
-                              loss_workspace=LossWorkspace() if keeps_loss_workspace(
-                                  cfg, "cuda" if torch.cuda.is_available() else "cpu") else None)
+                              loss_workspace=LossWorkspace() if keeps_loss_workspace(cfg, device) else None)
         # weakly: the job outlives its trainer, and must not keep it (and the model) alive
         trainer_ref = weakref.ref(trainer)
         callback.paused_s = lambda: getattr(trainer_ref(), "paused_s", 0.0)
