@@ -26,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import ALL_LINEAR, BUNDLED_MODEL, RunConfig
+from .cpu_attention import CPU_TRAINING_ATTENTION
 from .errors import ConfigError, UserError
 from .fast_dropout import fuse_lora_dropout
 from .hardware import cpu_has_native_bf16, cuda_has_native_bf16
@@ -319,11 +320,14 @@ def read_not_mapped(files: list[Path]):
 
 def attention_implementation(dtype: torch.dtype) -> str:
     """flash_attention_2 on a GPU where flash-attn is installed (its variable-length kernel
-    lets a padding-free batch be one lane, packing.py), else PyTorch's sdpa."""
-    if torch.cuda.is_available() and dtype in (torch.float16, torch.bfloat16) \
-            and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    lets a padding-free batch be one lane, packing.py), PyTorch's sdpa on other GPUs, and on a
+    CPU sdpa with plain matmul attention for bf16 training passes up to 448 tokens wide
+    (cpu_attention.py: faster than the CPU flash kernel there)."""
+    if torch.cuda.is_available():
+        if dtype in (torch.float16, torch.bfloat16) and importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+        return "sdpa"
+    return CPU_TRAINING_ATTENTION
 
 
 def bnb_config(config: RunConfig):

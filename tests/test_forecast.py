@@ -1,6 +1,7 @@
 """The memory forecast: exact parameter counts, hand-computed byte counts, a forecast checked
 against a measured CPU run, the `plan` command and the suggestions."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -243,6 +244,28 @@ def test_cpu_frozen_base_activations_formula():
     assert forecast(cfg, shape, "cpu").components["activations"] == int(expected)
     gpu = (2 + c.backward_layers_frozen) * per_layer + final  # fp32 on a GPU too when precision=fp32
     assert forecast(cfg.replace(precision="fp32"), shape, "cuda").components["activations"] == int(gpu)
+
+
+def test_cpu_bf16_counts_the_plain_attentions_probabilities_where_every_lane_takes_it():
+    """bf16 on a CPU, lanes no wider than PLAIN_ATTENTION_MAX_LEN: each layer also keeps
+    lanes * heads * seq^2 bf16 probabilities (cpu_attention.py); fp32, or longer rows, whose
+    widest passes go to sdpa's flash kernel, do not."""
+    from ft_engine.cpu_attention import PLAIN_ATTENTION_MAX_LEN
+    c = DEFAULTS
+    shape = model_shape(tiny_config())
+    cfg = RunConfig(method="lora", lora_r=4, lora_dropout=0.0, batch_size=2, max_seq_len=32)
+    tokens, seq = 64, 32
+    bf16, fp32 = (forecast(cfg.replace(precision=p), shape, "cpu").components["activations"] for p in ("bf16", "fp32"))
+    # the same forecast with the probabilities' bytes set to 0: the difference is the term alone
+    none = forecast(cfg.replace(precision="bf16"), shape, "cpu", constants=dataclasses.replace(
+        c, cpu_attention_probs_bytes=0.0)).components["activations"]
+    per_layer = tokens * seq * shape.heads * c.cpu_attention_probs_bytes
+    assert abs(bf16 - none - (2 * c.cpu_layer_factor_lora_half + c.cpu_backward_layers_frozen) * per_layer) <= 1
+    assert fp32 == forecast(cfg.replace(precision="fp32"), shape, "cpu", constants=dataclasses.replace(
+        c, cpu_attention_probs_bytes=0.0)).components["activations"]
+    wide = cfg.replace(precision="bf16", max_seq_len=PLAIN_ATTENTION_MAX_LEN + 64)
+    assert forecast(wide, shape, "cpu").components["activations"] == forecast(wide, shape, "cpu", constants=dataclasses.replace(
+        c, cpu_attention_probs_bytes=0.0)).components["activations"]
 
 
 def test_cpu_qlora_allocator_factor_only_for_heap_sized_weights():

@@ -91,8 +91,18 @@ def _sum_and_count(model, ids, labels):
             int((target != IGNORE_INDEX).sum()))
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "plain"])
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_packed_loss_and_gradients_equal_rows_one_by_one(tiny_model, data_files, tmp_path, method):
+def test_packed_loss_and_gradients_equal_rows_one_by_one(tiny_model, data_files, tmp_path, method, attention,
+                                                         monkeypatch):
+    """With sdpa, and with the CPU's plain matmul attention (cpu_attention.py, here let run in
+    fp32 so that 1e-4 means something): attention never crosses rows."""
+    from ft_engine import cpu_attention
+    plain_calls = []
+    if attention == "plain":
+        monkeypatch.setattr(cpu_attention, "PLAIN_ATTENTION_DTYPES", (torch.float32,))
+        real = cpu_attention._PlainAttention.apply
+        monkeypatch.setattr(cpu_attention._PlainAttention, "apply", lambda *a: plain_calls.append(1) or real(*a))
     model, tok, rows = _training_model_and_rows(tiny_model, data_files, tmp_path, method)
     lengths = [len(r["input_ids"]) for r in rows]
     assert len(set(lengths)) > 1, "rows of different lengths make the test meaningful"
@@ -118,6 +128,7 @@ def test_packed_loss_and_gradients_equal_rows_one_by_one(tiny_model, data_files,
     assert abs(float(packed_loss.detach()) - float(ref_loss.detach())) < 1e-4
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-4, rtol=1e-3), float((g - r).abs().max())
+    assert bool(plain_calls) == (attention == "plain")
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +182,77 @@ def test_with_the_cache_on_attention_would_cross_rows(tiny_model, data_files, tm
     # the first row is identical either way; the second differs only when the cache is on
     assert torch.allclose(off.last_hidden_state[0, :first], on.last_hidden_state[0, :first], atol=1e-5)
     assert not torch.allclose(off.last_hidden_state[0, first:], on.last_hidden_state[0, first:], atol=1e-3)
+
+
+# --- plain matmul attention for CPU training passes (cpu_attention.py) ---------------------------
+
+def _lane_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """The block-diagonal causal mask of lanes whose rows start where position_ids are 0."""
+    row = (position_ids == 0).cumsum(1)
+    length = position_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    return ((row[:, :, None] == row[:, None, :]) & causal)[:, None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_plain_attention_equals_sdpa_on_packed_lanes(dtype, monkeypatch):
+    """Output and gradients of q, k and v equal sdpa's (fp64, key-value heads repeated) on two
+    lanes, one of three rows: exactly in fp64, to bf16 rounding in bf16."""
+    from ft_engine import cpu_attention
+    monkeypatch.setattr(cpu_attention, "PLAIN_ATTENTION_DTYPES", (torch.bfloat16, torch.float64))
+    torch.manual_seed(0)
+    pos = torch.tensor([list(range(7)) + list(range(20)) + list(range(5)), list(range(32))])
+    allowed = _lane_mask(pos)
+    q = torch.randn(2, 6, 32, 16, dtype=torch.float64)  # 6 query heads over 2 key-value heads
+    k, v = torch.randn(2, 2, 32, 16, dtype=torch.float64), torch.randn(2, 2, 32, 16, dtype=torch.float64)
+    grad = torch.randn(2, 32, 6, 16, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = nn.functional.scaled_dot_product_attention(leaves[0], leaves[1].repeat_interleave(3, 1),
+                                                     leaves[2].repeat_interleave(3, 1), attn_mask=allowed,
+                                                     scale=0.3).transpose(1, 2)
+    ref_grads = torch.autograd.grad(ref, leaves, grad)
+    module = nn.Module().train()
+    mine = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    out, weights = cpu_attention.padding_free_cpu_attention(module, *mine, allowed, scaling=0.3)
+    assert weights is None and out.shape == ref.shape and out.dtype == dtype
+    grads = torch.autograd.grad(out, mine, grad.to(dtype))
+    tolerance = 1e-12 if dtype == torch.float64 else 2 ** -6
+    for got, want in ((out, ref), *zip(grads, ref_grads)):
+        assert (got.double() - want).abs().max() <= tolerance * want.abs().max()
+
+
+def test_plain_attention_takes_bf16_training_passes_up_to_its_width_and_sdpa_the_rest(monkeypatch):
+    from ft_engine import cpu_attention
+    calls = []
+    monkeypatch.setattr(cpu_attention, "sdpa_attention_forward", lambda *a, **k: (calls.append("sdpa"), None))
+    real = cpu_attention._PlainAttention.apply
+    monkeypatch.setattr(cpu_attention._PlainAttention, "apply", lambda *a: calls.append("plain") or real(*a))
+    module = nn.Module()
+
+    def route(length, dtype=torch.bfloat16, keys=None, training=True, grad=True, mask=None):
+        module.train(training)
+        q = torch.randn(1, 4, length, 8, dtype=dtype)
+        k = torch.randn(1, 2, keys or length, 8, dtype=dtype)
+        with torch.set_grad_enabled(grad):
+            cpu_attention.padding_free_cpu_attention(module, q, k, k.clone(), mask, scaling=0.3)
+        return calls.pop()
+
+    widest = cpu_attention.PLAIN_ATTENTION_MAX_LEN
+    assert route(16) == route(widest) == "plain"
+    assert route(widest + 1) == "sdpa"  # longer lanes: the flash kernel is faster and keeps less
+    assert route(16, torch.float32) == "sdpa"
+    assert route(1, keys=16) == "sdpa"  # generation with a cache
+    assert route(16, training=False) == route(16, grad=False) == "sdpa"
+    additive = torch.zeros(1, 1, 16, 16).masked_fill_(~torch.ones(16, 16, dtype=torch.bool).tril(), -1e9)
+    assert route(16, mask=additive) == "plain"
+
+
+def test_models_train_on_a_cpu_with_the_plain_attention_and_on_gpus_with_sdpa_or_flash(monkeypatch):
+    from ft_engine import models
+    from ft_engine.cpu_attention import CPU_TRAINING_ATTENTION
+    monkeypatch.setattr(models.torch.cuda, "is_available", lambda: False)
+    assert models.attention_implementation(torch.bfloat16) == CPU_TRAINING_ATTENTION
+    assert models.attention_implementation(torch.float32) == CPU_TRAINING_ATTENTION  # fp32 passes: sdpa
 
 
 # --- chunked loss == plain loss -----------------------------------------------------------------
@@ -373,8 +455,8 @@ def test_flash_attention_only_on_cuda_with_flash_attn_in_half_precision(monkeypa
                         lambda name, *a: object() if name == "flash_attn" else real(name, *a))
     assert models.attention_implementation(torch.bfloat16) == "flash_attention_2"
     assert models.attention_implementation(torch.float32) == "sdpa"
-    monkeypatch.setattr(models.torch.cuda, "is_available", lambda: False)
-    assert models.attention_implementation(torch.bfloat16) == "sdpa"
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    assert models.attention_implementation(torch.bfloat16) == "sdpa"  # a GPU without flash-attn
 
 
 def test_precision_auto_follows_the_cpus_bf16_instructions(monkeypatch):

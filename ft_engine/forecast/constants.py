@@ -80,6 +80,14 @@ class Constants:
     cpu_lora_dropout_mask_bytes: float = 0.125
     """bytes per adapter input element kept by the CPU's fused LoRA dropout (fast_dropout.py):
     the keep-mask packed to bits; the input itself is shared and counted above."""
+    cpu_attention_probs_bytes: float = 2.0
+    """bytes per element of the lanes × heads × seq² attention probabilities kept for backward
+    by the CPU's plain attention (cpu_attention.py: bf16 training passes no wider than
+    PLAIN_ATTENTION_MAX_LEN; the flash kernel keeps one number a query instead). Counted when
+    every lane is that narrow (max length ≤ 448): with longer rows the widest passes go to
+    flash, and the narrower plain passes did not raise the peak (bench/vs_trl.py --method lora
+    --only ours, max length 512: 1,791-1,809 MiB with the plain form, 1,817-1,831 without,
+    2026-12-04)."""
     mask_bytes: float = 4.0
     """bytes per element of the batch*seq*seq attention mask each layer's SDPA keeps (fp32 on
     CPU; halved with half-precision activations)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import hardware, memory
 from ..config import ALL_LINEAR, BUNDLED_MODEL, RunConfig, lean_optimizer_problems
+from ..cpu_attention import PLAIN_ATTENTION_MAX_LEN
 from ..errors import UserError
 from .constants import COMPONENTS, DEFAULTS, MIB, PHASES, WHOLE_STEP, Constants, Verdict
 from .shape import DTYPE_BYTES, LINEARS, ModelShape, model_shape
@@ -562,6 +563,8 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     per layer = tokens * (hidden elements * residual bytes + other elements * act bytes)
                 + tokens * seq * mask_bytes (the lanes' attention mask SDPA keeps, per layer:
                 lanes * seq^2 with lanes ≈ tokens / seq)
+                + tokens * seq * heads * cpu_attention_probs_bytes (CPU, bf16, seq ≤ 448: the
+                plain attention's probabilities)
     without checkpointing:  (layers * factor + backward) * per layer + final norm
     with checkpointing:     layers * tokens * h * residual bytes (each layer's input, kept by
                             the checkpoint) + (factor + backward) * per layer (one layer
@@ -589,6 +592,8 @@ def activation_bytes(config: RunConfig, shape: ModelShape, tokens: int, device: 
     h = shape.hidden
     seq = seq or config.max_seq_len
     per_layer = tokens * (hidden * residual + other * act) + tokens * seq * mask
+    if device == "cpu" and half and seq <= PLAIN_ATTENTION_MAX_LEN:  # lanes * heads * seq^2 probabilities
+        per_layer += tokens * seq * shape.heads * c.cpu_attention_probs_bytes
     if device == "cpu" and config.method != "full" and config.lora_dropout > 0:
         dims = shape.linear_dims()  # the fused dropout's bit masks, one bit per input element
         per_layer += tokens * c.cpu_lora_dropout_mask_bytes * sum(dims[t][0] for t in lora_targets(config, shape))
